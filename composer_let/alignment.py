@@ -1,0 +1,81 @@
+"""The LET alignment loss and the width matching between teacher and student.
+
+Pure tensor functions, usable without a Trainer::
+
+    h_t = interpolate_width(h_teacher, h_student.shape[-1])
+    loss, mean_cos = alignment_loss(h_student, h_t, mask, kind='cosine')
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ('cosine', 'mse', 'smooth_l1')
+PROJECTIONS = ('interpolate', 'linear', 'none')
+_EPS = 1e-6
+
+
+def interpolate_width(hidden: torch.Tensor, width: int) -> torch.Tensor:
+    """Resize the last dimension of ``hidden`` to ``width`` by 1-D linear interpolation.
+
+    This is the LET paper's parameter-free width matching: each token's teacher
+    vector is treated as a 1-D signal and resampled (corners aligned, so the first
+    and last features map onto each other). Equal widths return ``hidden`` as is.
+    """
+    if hidden.shape[-1] == width:
+        return hidden
+    flat = hidden.reshape(-1, 1, hidden.shape[-1])
+    resized = F.interpolate(flat, size=width, mode='linear', align_corners=True)
+    return resized.reshape(*hidden.shape[:-1], width)
+
+
+def alignment_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    kind: str = 'cosine',
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(loss, mean_cosine)`` between per-token student and teacher vectors.
+
+    Args:
+        student: ``(batch, seq, d)`` student hidden states (carries the gradient).
+        teacher: ``(batch, seq, d)`` teacher hidden states (no gradient needed).
+        mask: ``(batch, seq)``, true/1 for real tokens; padding is left out of
+            every mean. ``None`` means every token is real.
+        kind: ``cosine`` (the paper): ``-mean cos(h_S, h_T)``, -1 at perfect
+            alignment; ``mse``: mean over tokens of ``||ĥ_S - ĥ_T||²`` on the
+            L2-normalised vectors (= ``2 - 2 cos``); ``smooth_l1``: smooth-L1
+            between the two after a parameter-free LayerNorm.
+
+    Both sides are computed in fp32. Zero vectors give cosine 0, never NaN. A
+    mask with no real token gives a zero loss that still back-propagates (zeros).
+    """
+    if kind not in LOSSES:
+        raise ValueError(f'loss={kind!r} is not one of {LOSSES}.')
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f'student {tuple(student.shape)} and teacher {tuple(teacher.shape)} hidden states '
+            'differ in shape; resize the teacher (interpolate_width) or project the student first.',
+        )
+    student = student.float()
+    teacher = teacher.detach().float()
+    student_unit = F.normalize(student, dim=-1, eps=_EPS)
+    teacher_unit = F.normalize(teacher, dim=-1, eps=_EPS)
+    cos = (student_unit * teacher_unit).sum(-1)
+    if kind == 'cosine':
+        per_token = -cos
+    elif kind == 'mse':
+        per_token = (student_unit - teacher_unit).pow(2).sum(-1)
+    else:
+        width = student.shape[-1]
+        per_token = F.smooth_l1_loss(
+            F.layer_norm(student, (width,)),
+            F.layer_norm(teacher, (width,)),
+            reduction='none',
+        ).mean(-1)
+    weights = torch.ones_like(cos) if mask is None else mask.to(cos.dtype)
+    count = weights.sum().clamp_min(1.0)
+    loss = (per_token * weights).sum() / count
+    mean_cos = (cos.detach() * weights).sum() / count
+    return loss, mean_cos

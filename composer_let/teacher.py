@@ -1,0 +1,216 @@
+"""The frozen small teacher: locate, validate, load, and run its backbone.
+
+The teacher never joins the Composer model: it is not wrapped by DDP/FSDP, not in
+the optimizer and not in checkpoints. Each rank holds its own replica.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from composer.utils import dist
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+from composer_let.layers import find_block_list
+
+_HUB_ID = re.compile(r'[A-Za-z0-9][\w.-]*/[\w.-]+|[A-Za-z0-9][\w.-]*')
+DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
+
+
+class TeacherError(ValueError):
+    """A teacher that cannot be used, with the fix in the message."""
+
+
+def resolve_teacher(teacher: str) -> str:
+    """Return a local folder for ``teacher`` (a local path or a Hugging Face hub id).
+
+    A hub id is downloaded by local rank 0 first while the other ranks wait, so
+    ranks never race on the cache. A path that looks local but is missing is an error.
+    """
+    if not isinstance(teacher, str) or not teacher.strip():
+        raise TeacherError('teacher is required: set teacher to a Hugging Face hub id or a local folder.')
+    if os.path.isdir(teacher):
+        return teacher
+    if not _HUB_ID.fullmatch(teacher):
+        raise TeacherError(f'teacher={teacher!r}: no such folder. Point teacher at a saved Hugging Face model folder.')
+    from huggingface_hub import snapshot_download
+
+    def download() -> str:
+        return snapshot_download(teacher, allow_patterns=['*.json', '*.safetensors', '*.model', '*.txt', '*.bin'])
+
+    try:
+        if dist.get_local_rank() == 0:
+            local = download()
+            dist.barrier()
+        else:
+            dist.barrier()
+            local = download()
+    except Exception as e:
+        raise TeacherError(
+            f'teacher={teacher!r} is neither a local folder nor a downloadable hub model ({type(e).__name__}: {e}). '
+            'Offline, point teacher at a local folder (scripts/prepare_teacher.py writes one).',
+        ) from e
+    return local
+
+
+def load_teacher_config(path: str, key: str = 'teacher') -> PretrainedConfig:
+    """Load and check the teacher's config: it must be a causal LM that transformers can build."""
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as e:
+        raise TeacherError(f'{key}={path!r} has no readable Hugging Face config ({e}).') from e
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise TeacherError(
+            f'{key}={path!r} is a {config.model_type!r} model, not a causal LM that '
+            'AutoModelForCausalLM can load. Use a decoder LM (Llama, SmolLM, Pythia, OPT, GPT-2, ...).',
+        )
+    return config
+
+
+def load_teacher_tokenizer(path: str) -> PreTrainedTokenizerBase | None:
+    """The teacher's tokenizer, or ``None`` when the folder has none."""
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def load_teacher(path: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """Load the teacher with ``from_pretrained``, frozen: ``eval()``, no grad, on ``device``."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+    except Exception as e:
+        raise TeacherError(f'teacher={path!r} failed to load as a causal LM: {type(e).__name__}: {e}') from e
+    model.eval().requires_grad_(False)
+    return model.to(device)
+
+
+@dataclass(frozen=True)
+class TeacherShape:
+    """What the student side needs to know about the teacher, read from its config."""
+
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    max_positions: int | None
+
+
+def teacher_shape(config: PretrainedConfig) -> TeacherShape:
+    hidden = getattr(config, 'word_embed_proj_dim', None) or config.hidden_size  # OPT-350m projects out
+    return TeacherShape(
+        num_layers=int(config.num_hidden_layers),
+        hidden_size=int(hidden),
+        vocab_size=int(config.vocab_size),
+        max_positions=getattr(config, 'max_position_embeddings', None),
+    )
+
+
+class _Stop(Exception):
+    """Raised by a capture hook to skip the teacher's blocks after the last one needed."""
+
+
+class TeacherRunner:
+    """Runs the teacher's backbone (never its LM head) once per microbatch for every layer asked of it.
+
+    Layers are block indices; the last block's output is taken after the final norm,
+    as Hugging Face's ``hidden_states[-1]``. When only earlier blocks are needed the
+    forward stops right after the deepest of them. Several algorithms (``let``,
+    ``salt``) share one runner through :func:`acquire_teacher`: the second call with the
+    same ``input_ids`` tensor returns the cached outputs instead of running again.
+    """
+
+    def __init__(self, model: nn.Module, num_layers: int):
+        self.model = model
+        self.backbone = model.base_model
+        self.num_layers = num_layers
+        self.layers: set[int] = set()
+        self.forwards = 0  # teacher forwards run, for tests and benchmarks
+        self._blocks: nn.ModuleList | None = None
+        self._captured: dict[int, torch.Tensor] = {}
+        self._handles: list[Any] = []
+        self._hooked: frozenset[int] = frozenset()
+        self._cache_key: torch.Tensor | None = None
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def request(self, layer: int) -> None:
+        self.layers.add(layer)
+
+    def _hook_layers(self) -> None:
+        wanted = frozenset(i for i in self.layers if i != self.num_layers - 1)
+        if wanted == self._hooked:
+            return
+        for handle in self._handles:
+            handle.remove()
+        if self._blocks is None and wanted:
+            _, self._blocks = find_block_list(self.model)
+        deepest = max(wanted, default=-1)
+        final_needed = self.num_layers - 1 in self.layers
+        self._handles = [
+            self._blocks[i].register_forward_hook(self._capturer(i, stop=i == deepest and not final_needed))
+            for i in sorted(wanted)
+        ]
+        self._hooked = wanted
+
+    def _capturer(self, layer: int, stop: bool):
+        def capture(module: nn.Module, args: object, output: object) -> None:
+            self._captured[layer] = output[0] if isinstance(output, tuple) else output  # type: ignore[index]
+            if stop:
+                raise _Stop
+
+        return capture
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+        """Return ``{layer: (batch, seq, width)}`` for every requested layer."""
+        if input_ids is self._cache_key:
+            return self._cache
+        self._hook_layers()
+        self._captured = {}
+        try:
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            self._captured[self.num_layers - 1] = out.last_hidden_state
+        except _Stop:
+            pass
+        self.forwards += 1
+        self._cache_key, self._cache = input_ids, {i: self._captured[i] for i in self.layers}
+        self._captured = {}
+        return self._cache
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._hooked = [], frozenset()
+        self._cache_key, self._cache = None, {}
+
+
+_POOL: dict[tuple[str, torch.dtype, str], list[Any]] = {}
+
+
+def acquire_teacher(path: str, dtype: torch.dtype, device: torch.device, num_layers: int) -> TeacherRunner:
+    """Load (or share) the frozen teacher at ``path``; pair every call with :func:`release_teacher`."""
+    key = (os.path.realpath(path), dtype, str(device))
+    if key not in _POOL:
+        _POOL[key] = [TeacherRunner(load_teacher(path, dtype, device), num_layers), 0]
+    _POOL[key][1] += 1
+    return _POOL[key][0]
+
+
+def release_teacher(runner: TeacherRunner) -> None:
+    """Drop one user of ``runner``; the last one frees the teacher's memory."""
+    for key, entry in list(_POOL.items()):
+        if entry[0] is runner:
+            entry[1] -= 1
+            if entry[1] == 0:
+                runner.close()
+                del _POOL[key]
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            return

