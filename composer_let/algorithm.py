@@ -32,12 +32,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from composer_let.alignment import LOSSES, PROJECTIONS, alignment_loss, interpolate_width
 from composer_let.layers import STRATEGIES, find_block_list, find_module, resolve_layer, strategy_layers
+from composer_let.losses import with_extra_loss
 from composer_let.schedule import SCHEDULES, schedule_weight
 from composer_let.teacher import (
     DTYPES,
     TeacherError,
     TeacherRunner,
     acquire_teacher,
+    check_input_ids,
+    check_tokenizers,
     load_teacher_config,
     load_teacher_tokenizer,
     release_teacher,
@@ -83,22 +86,6 @@ def student_tokenizer(model: nn.Module) -> Any:
     return getattr(model, 'tokenizer', None)
 
 
-def check_tokenizers(student: Any, teacher: Any, teacher_vocab: int) -> None:
-    """The student must use the teacher's tokenizer (same token -> id map)."""
-    if student is None:
-        return
-    if len(student) > teacher_vocab:
-        raise ValueError(
-            f'The run tokenizer has {len(student)} tokens but the teacher only {teacher_vocab}: the student '
-            "must be trained on the teacher's tokenizer. Set tokenizer.name to the teacher's folder.",
-        )
-    if teacher is not None and student.get_vocab() != teacher.get_vocab():
-        raise ValueError(
-            "The run tokenizer differs from the teacher's (token -> id maps do not match): the student "
-            "must be trained on the teacher's tokenizer. Set tokenizer.name to the teacher's folder.",
-        )
-
-
 class LET(Algorithm):
     """Late-to-Early Training: a frozen small teacher's late features guide an early student block.
 
@@ -118,9 +105,10 @@ class LET(Algorithm):
     run's optimizer and saved in checkpoints); ``none`` needs equal widths.
 
     Lifecycle. The teacher's config and tokenizer are checked at ``Event.INIT``; its
-    weights are loaded (frozen, off the Composer model, never wrapped, never
-    checkpointed) after any checkpoint is loaded, and only if ``s < S_stop`` then.
-    Once ``λ`` reaches 0 the student hook is removed and the teacher freed.
+    weights are loaded at ``Event.FIT_START`` (after any checkpoint is loaded), and only
+    if ``s < S_stop`` then: frozen, off the Composer model, never wrapped, never in the
+    optimizer or a checkpoint. Once ``λ`` reaches 0 (or at ``FIT_END``) the student
+    hook is removed and the teacher freed.
     """
 
     def __init__(
@@ -183,7 +171,7 @@ class LET(Algorithm):
     def match(self, event: Event, state: State) -> bool:
         return event in (
             Event.INIT,
-            Event.AFTER_LOAD,
+            Event.FIT_START,
             Event.BATCH_START,
             Event.BEFORE_FORWARD,
             Event.AFTER_FORWARD,
@@ -195,11 +183,12 @@ class LET(Algorithm):
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.INIT:
             self._init(state)
-        elif event == Event.AFTER_LOAD:
+        elif event == Event.FIT_START and not self.active:
+            check_stop_within(self.stop, state.max_duration, key='algorithms.let.stop')  # set after INIT
             if progress_towards(self.stop, state) < 1:
                 self._start(state)
             else:
-                log.info('LET: resumed at or past stop=%s; the teacher is not loaded.', self.stop)
+                log.info('LET: the run is at or past stop=%s; the teacher is not loaded.', self.stop)
         elif event == Event.BATCH_START:
             progress = progress_towards(self.stop, state)
             self.weight = schedule_weight(self.schedule, self.lambda0, progress)
@@ -220,12 +209,11 @@ class LET(Algorithm):
                 self._cosines.clear()
             logger.log_metrics(metrics)
         elif event == Event.FIT_END:
-            self._release()
+            self._release()  # a later fit() on the same Trainer loads it again if still before stop
 
     # Steps ---------------------------------------------------------------------------
 
     def _init(self, state: State) -> None:
-        check_stop_within(self.stop, state.max_duration, key='algorithms.let.stop')
         try:
             self._teacher_path = resolve_teacher(self.teacher)
             config = load_teacher_config(self._teacher_path)
@@ -269,7 +257,11 @@ class LET(Algorithm):
     def _add_projection(self, state: State, width_s: int, width_t: int) -> None:
         """Put a learned ``d_S -> d_T`` map on the model so DDP/FSDP, the optimizer and checkpoints see it."""
         device = next(state.model.parameters()).device
-        self._projection = nn.Linear(width_s, width_t, bias=False, device=device)
+        # Composer seeds every rank differently (seed + rank); FSDP keeps each rank's shard as is, so draw the
+        # initial weight from the run's rank-zero seed: the same on every rank and for any world size.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(state.rank_zero_seed)
+            self._projection = nn.Linear(width_s, width_t, bias=False).to(device)
         state.model.let_projection = self._projection
         if not state.optimizers:
             raise ValueError('algorithms.let.projection=linear needs an optimizer to train the projection.')
@@ -279,7 +271,13 @@ class LET(Algorithm):
     def _start(self, state: State) -> None:
         device = state.device._device
         shape = self._teacher_shape
-        self._runner = acquire_teacher(self._teacher_path, DTYPES[self.teacher_dtype], device, shape.num_layers)
+        self._runner = acquire_teacher(
+            self._teacher_path,
+            DTYPES[self.teacher_dtype],
+            device,
+            shape.num_layers,
+            owner=state,
+        )
         self._runner.request(self._teacher_layer_index)
         probe = torch.zeros(1, 2, dtype=torch.long, device=device)
         width = self._runner(probe)[self._teacher_layer_index].shape[-1]
@@ -311,18 +309,7 @@ class LET(Algorithm):
         self._teacher_hidden = self._runner(input_ids, mask)[self._teacher_layer_index]  # type: ignore[misc]
 
     def _check_batch(self, input_ids: torch.Tensor) -> None:
-        shape = self._teacher_shape
-        top = int(input_ids.max())
-        if top >= shape.vocab_size:
-            raise ValueError(
-                f"Token id {top} is outside the teacher's vocabulary ({shape.vocab_size}): the data was not "
-                "tokenized with the teacher's tokenizer. Rebuild it with the teacher's tokenizer.",
-            )
-        if shape.max_positions is not None and input_ids.shape[1] > shape.max_positions:
-            raise ValueError(
-                f"Sequences of {input_ids.shape[1]} tokens exceed the teacher's max_position_embeddings "
-                f'({shape.max_positions}). Lower max_seq_len to {shape.max_positions} or use a longer-context teacher.',
-            )
+        check_input_ids(input_ids, self._teacher_shape)
         self._checked_batch = True
 
     def _add_alignment(self, state: State) -> None:
@@ -336,11 +323,11 @@ class LET(Algorithm):
             align, cosine = alignment_loss(self._student_hidden, teacher, mask, kind=self.loss)
             self._student_hidden = self._teacher_hidden = None
             self._cosines.append(cosine)
-            state.loss = _with_extra_loss(state.loss, 'let_align', align, self.weight)
+            state.loss = with_extra_loss(state.loss, 'let_align', align, self.weight)
         elif self._projection is not None and isinstance(state.model, DistributedDataParallel):
             # DDP expects a gradient for every parameter each step: give the idle projection zeros.
             idle = sum(p.sum() for p in self._projection.parameters()) * 0.0
-            state.loss = _with_extra_loss(state.loss, 'let_align', idle, 1.0)
+            state.loss = with_extra_loss(state.loss, 'let_align', idle, 1.0)
 
     def _release(self) -> None:
         if self._hook is not None:
@@ -352,18 +339,3 @@ class LET(Algorithm):
             log.info('LET: teacher released.')
         self.active = False
         self._student_hidden = self._teacher_hidden = None
-
-
-def _with_extra_loss(loss: Any, key: str, value: torch.Tensor, weight: float) -> dict[str, torch.Tensor]:
-    """``loss`` as a dict with ``total``, plus ``key: value`` and ``weight · value`` added to the total."""
-    if isinstance(loss, dict):
-        if 'total' not in loss:
-            raise ValueError(f'The model loss dict has no "total" ({", ".join(loss)}); LET adds to "total".')
-        out = dict(loss)
-    elif isinstance(loss, torch.Tensor):
-        out = {'ce': loss, 'total': loss}
-    else:
-        raise ValueError(f'LET needs the model loss as a tensor or a dict with "total", got {type(loss).__name__}.')
-    out[key] = value
-    out['total'] = out['total'] + weight * value
-    return out

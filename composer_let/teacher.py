@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,9 @@ def resolve_teacher(teacher: str) -> str:
 
 def load_teacher_config(path: str, key: str = 'teacher') -> PretrainedConfig:
     """Load and check the teacher's config: it must be a causal LM that transformers can build."""
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, 'config.json')):
+        # Without this, AutoConfig guesses a model type from the folder's *name* ('empty' -> 'mpt').
+        raise TeacherError(f'{key}={path!r} has no readable Hugging Face config (no config.json in the folder).')
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as e:
@@ -80,6 +84,22 @@ def load_teacher_tokenizer(path: str) -> PreTrainedTokenizerBase | None:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError):
         return None
+
+
+def check_tokenizers(student: Any, teacher: Any, teacher_vocab: int) -> None:
+    """The student must use the teacher's tokenizer (same token -> id map)."""
+    if student is None:
+        return
+    if len(student) > teacher_vocab:
+        raise ValueError(
+            f'The run tokenizer has {len(student)} tokens but the teacher only {teacher_vocab}: the student '
+            "must be trained on the teacher's tokenizer. Set tokenizer.name to the teacher's folder.",
+        )
+    if teacher is not None and student.get_vocab() != teacher.get_vocab():
+        raise ValueError(
+            "The run tokenizer differs from the teacher's (token -> id maps do not match): the student "
+            "must be trained on the teacher's tokenizer. Set tokenizer.name to the teacher's folder.",
+        )
 
 
 def load_teacher(path: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
@@ -112,6 +132,21 @@ def teacher_shape(config: PretrainedConfig) -> TeacherShape:
     )
 
 
+def check_input_ids(input_ids: torch.Tensor, shape: TeacherShape) -> None:
+    """The batch must fit the teacher: token ids inside its vocabulary, sequences within its positions."""
+    top = int(input_ids.max())
+    if top >= shape.vocab_size:
+        raise ValueError(
+            f"Token id {top} is outside the teacher's vocabulary ({shape.vocab_size}): the data was not "
+            "tokenized with the teacher's tokenizer. Rebuild it with the teacher's tokenizer.",
+        )
+    if shape.max_positions is not None and input_ids.shape[1] > shape.max_positions:
+        raise ValueError(
+            f"Sequences of {input_ids.shape[1]} tokens exceed the teacher's max_position_embeddings "
+            f'({shape.max_positions}). Lower max_seq_len to {shape.max_positions} or use a longer-context teacher.',
+        )
+
+
 class _Stop(Exception):
     """Raised by a capture hook to skip the teacher's blocks after the last one needed."""
 
@@ -132,6 +167,7 @@ class TeacherRunner:
         self.num_layers = num_layers
         self.layers: set[int] = set()
         self.forwards = 0  # teacher forwards run, for tests and benchmarks
+        self.users = 0  # algorithms sharing this runner (see acquire_teacher)
         self._blocks: nn.ModuleList | None = None
         self._captured: dict[int, torch.Tensor] = {}
         self._handles: list[Any] = []
@@ -190,27 +226,44 @@ class TeacherRunner:
         self._cache_key, self._cache = None, {}
 
 
-_POOL: dict[tuple[str, torch.dtype, str], list[Any]] = {}
+_GLOBAL_OWNER = object()  # scope for callers that pass no owner
+_POOL: weakref.WeakKeyDictionary[object, dict[tuple[str, torch.dtype, str], TeacherRunner]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def acquire_teacher(path: str, dtype: torch.dtype, device: torch.device, num_layers: int) -> TeacherRunner:
-    """Load (or share) the frozen teacher at ``path``; pair every call with :func:`release_teacher`."""
+def acquire_teacher(
+    path: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    num_layers: int,
+    owner: object = _GLOBAL_OWNER,
+) -> TeacherRunner:
+    """Load the frozen teacher at ``path``, or share the one loaded for the same ``owner``.
+
+    Algorithms of one run pass the run's Composer ``State`` as ``owner``, so ``let`` and
+    ``salt`` share one teacher (and one forward per microbatch) while separate runs in
+    one process never do. Pair every call with :func:`release_teacher`.
+    """
+    runners = _POOL.setdefault(owner, {})
     key = (os.path.realpath(path), dtype, str(device))
-    if key not in _POOL:
-        _POOL[key] = [TeacherRunner(load_teacher(path, dtype, device), num_layers), 0]
-    _POOL[key][1] += 1
-    return _POOL[key][0]
+    if key not in runners:
+        runners[key] = TeacherRunner(load_teacher(path, dtype, device), num_layers)
+    runner = runners[key]
+    runner.users += 1
+    return runner
 
 
 def release_teacher(runner: TeacherRunner) -> None:
-    """Drop one user of ``runner``; the last one frees the teacher's memory."""
-    for key, entry in list(_POOL.items()):
-        if entry[0] is runner:
-            entry[1] -= 1
-            if entry[1] == 0:
-                runner.close()
-                del _POOL[key]
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            return
+    """Drop one user of ``runner``; after the last one the runner is closed and leaves the pool."""
+    runner.users -= 1
+    if runner.users > 0:
+        return
+    runner.close()
+    for runners in _POOL.values():
+        for key, pooled in list(runners.items()):
+            if pooled is runner:
+                del runners[key]
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -45,6 +45,7 @@ def train(assets: dict[str, Path], tmp_path: Path):
             f'variables.vocab_size={VOCAB}',
             f'variables.max_seq_len={SEQ_LEN}',
             'loggers={inmemory: {}}',
+            'python_log_level=info',
             *overrides,
         ]
         cwd = os.getcwd()

@@ -1,0 +1,253 @@
+"""SALT (small-LM-assisted training) as a Composer algorithm: soft labels from a small LM, early only.
+
+Add one block to an llm-foundry YAML and launch as always
+(``composer scripts/train.py <config>.yaml``)::
+
+    algorithms:
+      salt:
+        teacher: HuggingFaceTB/SmolLM2-135M  # hub id or local folder (required)
+        weight: 0.5              # ω: L = (1 − ω)·CE(data) + ω·KD(teacher soft labels)
+        temperature: 1.0         # τ of the teacher's softmax
+        stop: 0.2dur             # n_KD: after it, plain CE only; the teacher is released
+        schedule: constant       # constant (paper: abrupt switch) | linear (ω decays to 0 at stop) | cosine | step
+        teacher_dtype: bf16      # bf16 | fp16 | fp32
+        chunk_tokens: 1024       # tokens per chunk of the KD loss (memory bound)
+
+With ``let`` beside it and the same ``teacher`` folder and ``teacher_dtype``, both share
+one loaded teacher and ONE teacher forward per microbatch (LET reads a hidden state,
+SALT the final-norm hidden state through the teacher's LM head).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from composer.core import Algorithm, Event, State, Time
+from composer.loggers import Logger
+from torch import nn
+
+from composer_let.distill import distillation_loss, next_token_mask
+from composer_let.losses import with_mixed_loss
+from composer_let.schedule import SCHEDULES, schedule_weight
+from composer_let.teacher import (
+    DTYPES,
+    TeacherError,
+    TeacherRunner,
+    TeacherShape,
+    acquire_teacher,
+    check_input_ids,
+    check_tokenizers,
+    load_teacher_config,
+    load_teacher_tokenizer,
+    release_teacher,
+    resolve_teacher,
+    teacher_shape,
+)
+from composer_let.timing import check_stop_within, parse_stop, progress_towards
+
+log = logging.getLogger(__name__)
+
+_KEYS = ('teacher', 'weight', 'temperature', 'stop', 'schedule', 'teacher_dtype', 'chunk_tokens')
+# Config attributes of models whose forward rescales the LM head's logits (Gemma 2/3, Cohere, Granite).
+_LOGIT_TRANSFORMS = ('final_logit_softcapping', 'logit_scale', 'logits_scaling')
+
+
+def _number(key: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bound = f'{"(" if low_open else "["}{low}, {high}]'
+        raise ValueError(f'algorithms.salt.{key}={value!r} must be a number in {bound}.')
+    return float(value)
+
+
+def student_vocab_size(model: nn.Module) -> int | None:
+    """Number of logits the student produces, read from its config (MPT and Hugging Face models)."""
+    for candidate in (model, getattr(model, 'model', None)):
+        size = getattr(getattr(candidate, 'config', None), 'vocab_size', None)
+        if isinstance(size, int):
+            return size
+    return None
+
+
+class SALT(Algorithm):
+    """Small-LM soft-label distillation for the first ``stop`` of training, then plain CE.
+
+    Per microbatch ``L = (1 − ω(s)) · CE + ω(s) · KD`` with ``KD`` the token-level
+    cross-entropy from the teacher's ``softmax(z_T / τ)`` to the student's ``softmax(z_S)``,
+    averaged over exactly the positions llm-foundry's CE averages over
+    (:func:`composer_let.distill.next_token_mask`). ``ω(s)`` follows ``schedule`` and is 0
+    from ``stop`` on. Other loss terms (LET's ``λ · align``) are added untouched.
+
+    Vocabularies: the student must use the teacher's tokenizer and have at least as many
+    logits; padded student logits stay in its softmax with teacher probability 0.
+
+    Lifecycle (as ``let``): config, tokenizer and vocabularies are checked at
+    ``Event.INIT``, ``stop`` against ``max_duration`` at ``Event.AFTER_LOAD`` (Composer sets
+    it after INIT); the teacher is loaded after any checkpoint is loaded, and only if
+    ``s < stop`` then; it is released at the first batch with ``s >= stop``. It is never
+    part of the Composer model, the optimizer or checkpoints. SALT keeps no state of its
+    own: ``ω`` is a function of the resumed timestamp, so resumption is exact.
+
+    Logs ``salt/weight`` every batch and, while active, ``loss/train/salt_kd`` (the
+    model's CE stays ``loss/train/ce``, the objective ``loss/train/total``).
+    """
+
+    def __init__(
+        self,
+        teacher: str | None = None,
+        weight: float = 0.5,
+        temperature: float = 1.0,
+        stop: str | int | Time = '0.2dur',
+        schedule: str = 'constant',
+        teacher_dtype: str = 'bf16',
+        chunk_tokens: int = 1024,
+        **unknown: Any,
+    ):
+        if unknown:
+            raise ValueError(
+                f'Unknown key(s) under algorithms.salt: {", ".join(sorted(unknown))}. Valid keys: {", ".join(_KEYS)}.',
+            )
+        if not isinstance(teacher, str) or not teacher.strip():
+            raise ValueError('algorithms.salt.teacher is required: a Hugging Face hub id or a local model folder.')
+        if schedule not in SCHEDULES:
+            raise ValueError(f'algorithms.salt.schedule={schedule!r} is not one of {", ".join(SCHEDULES)}.')
+        if teacher_dtype not in DTYPES:
+            raise ValueError(f'algorithms.salt.teacher_dtype={teacher_dtype!r} is not one of {", ".join(DTYPES)}.')
+        if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+            raise ValueError(f'algorithms.salt.chunk_tokens={chunk_tokens!r} must be a positive integer.')
+        self.teacher = teacher
+        self.weight0 = _number('weight', weight, 0.0, 1.0)
+        self.temperature = _number('temperature', temperature, 0.0, math.inf, low_open=True)
+        self.stop = parse_stop(stop, key='algorithms.salt.stop')
+        self.schedule = schedule
+        self.teacher_dtype = teacher_dtype
+        self.chunk_tokens = chunk_tokens
+
+        self.weight = 0.0  # ω for the current batch
+        self.active = False  # teacher loaded
+        self._teacher_path = ''
+        self._shape: TeacherShape | None = None
+        self._runner: TeacherRunner | None = None
+        self._head: nn.Module | None = None
+        self._teacher_hidden: torch.Tensor | None = None
+        self._checked_batch = False
+
+    # Composer wiring -----------------------------------------------------------------
+
+    def match(self, event: Event, state: State) -> bool:
+        return event in (
+            Event.INIT,
+            Event.AFTER_LOAD,
+            Event.BATCH_START,
+            Event.BEFORE_FORWARD,
+            Event.AFTER_LOSS,
+            Event.BATCH_END,
+        )
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        if event == Event.INIT:
+            self._init(state)
+        elif event == Event.AFTER_LOAD:
+            # Composer sets max_duration after Event.INIT: compare stop with it here, still before training.
+            check_stop_within(self.stop, state.max_duration, key='algorithms.salt.stop')
+            if progress_towards(self.stop, state) < 1:
+                self._start(state)
+            else:
+                log.info('SALT: resumed at or past stop=%s; the teacher is not loaded.', self.stop)
+        elif event == Event.BATCH_START:
+            progress = progress_towards(self.stop, state)
+            self.weight = schedule_weight(self.schedule, self.weight0, progress)
+            if self.active and progress >= 1:
+                self._release()
+        elif event == Event.BEFORE_FORWARD and self.active:
+            self._run_teacher(state.batch)
+        elif event == Event.AFTER_LOSS and self.active:
+            self._add_distillation(state)
+        elif event == Event.BATCH_END:
+            logger.log_metrics({'salt/weight': self.weight})
+
+    # Steps ---------------------------------------------------------------------------
+
+    def _init(self, state: State) -> None:
+        try:
+            self._teacher_path = resolve_teacher(self.teacher)
+            config = load_teacher_config(self._teacher_path)
+        except TeacherError as e:
+            raise ValueError(f'algorithms.salt.{e}') from None
+        self._shape = teacher_shape(config)
+        transforms = [a for a in _LOGIT_TRANSFORMS if getattr(config, a, None) not in (None, 1, 1.0)]
+        if transforms:
+            raise ValueError(
+                f'algorithms.salt.teacher={self.teacher!r} rescales its logits outside the LM head '
+                f'({", ".join(transforms)}), which SALT does not reproduce. Use a teacher without it (Llama, SmolLM).',
+            )
+        vocab_s = student_vocab_size(state.model)
+        if vocab_s is not None and vocab_s < self._shape.vocab_size:
+            raise ValueError(
+                f'algorithms.salt: the student has {vocab_s} logits but the teacher {self._shape.vocab_size}; '
+                f'soft labels need every teacher token. Set model.vocab_size >= {self._shape.vocab_size}.',
+            )
+        tokenizer = getattr(state.model, 'tokenizer', None)
+        check_tokenizers(tokenizer, load_teacher_tokenizer(self._teacher_path), self._shape.vocab_size)
+        log.info(
+            'SALT: teacher %s, ω=%s (%s) until %s, τ=%s.',
+            self._teacher_path,
+            self.weight0,
+            self.schedule,
+            self.stop,
+            self.temperature,
+        )
+
+    def _start(self, state: State) -> None:
+        shape = self._shape
+        assert shape is not None
+        dtype, device = DTYPES[self.teacher_dtype], state.device._device
+        runner = acquire_teacher(self._teacher_path, dtype, device, shape.num_layers, owner=state)
+        head = runner.model.get_output_embeddings()
+        if head is None or getattr(head, 'weight', None) is None or head.weight.shape[-1] != shape.hidden_size:
+            release_teacher(runner)
+            raise ValueError(
+                f'algorithms.salt.teacher={self.teacher!r} has no LM head mapping its {shape.hidden_size}-wide final '
+                'hidden state to logits (get_output_embeddings()); SALT needs a causal LM with one.',
+            )
+        runner.request(shape.num_layers - 1)  # the final-norm hidden state; the head runs inside the KD loss
+        self._runner, self._head = runner, head
+        self.active = True
+
+    def _run_teacher(self, batch: Any) -> None:
+        input_ids = batch['input_ids']
+        if not self._checked_batch:
+            assert self._shape is not None
+            check_input_ids(input_ids, self._shape)
+            if 'labels' not in batch:
+                raise ValueError('algorithms.salt needs a causal-LM batch with labels (llm-foundry text loaders).')
+            self._checked_batch = True
+        hidden = self._runner(input_ids, batch.get('attention_mask'))  # type: ignore[misc]
+        self._teacher_hidden = hidden[self._shape.num_layers - 1]  # type: ignore[union-attr]
+
+    def _add_distillation(self, state: State) -> None:
+        if self._teacher_hidden is None:
+            raise RuntimeError('SALT: the teacher did not run for this microbatch (BEFORE_FORWARD was skipped).')
+        logits = state.outputs['logits'] if isinstance(state.outputs, dict) else state.outputs.logits
+        kd = distillation_loss(
+            logits,
+            self._teacher_hidden,
+            self._head,  # type: ignore[arg-type]
+            next_token_mask(state.batch['labels']),
+            temperature=self.temperature,
+            chunk_tokens=self.chunk_tokens,
+        )
+        self._teacher_hidden = None
+        state.loss = with_mixed_loss(state.loss, 'salt_kd', kd, self.weight)
+
+    def _release(self) -> None:
+        if self._runner is not None:
+            release_teacher(self._runner)
+            self._runner = self._head = None
+            log.info('SALT: teacher released.')
+        self.active = False
+        self._teacher_hidden = None

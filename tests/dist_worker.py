@@ -1,0 +1,94 @@
+"""``scripts/train.py`` plus a per-rank JSON dump of what the distributed tests check.
+
+Launched by the tests exactly as users launch training, with Composer's launcher::
+
+    composer -n 2 tests/dist_worker.py <out_dir> <config>.yaml [key=value ...]
+
+It runs llm-foundry's ``train_from_yaml`` unchanged (pass ``loggers={inmemory: {}}``) and
+then writes ``<out_dir>/rank<r>.json``: the logged metrics at full precision, the
+student's parameter names, the LET projection weight (gathered under FSDP), the class
+of the wrapped student block and how often each rank loaded the teacher.
+
+``LET_TEST_FAKE_HUB=<folder>`` stands in for the Hugging Face hub (there is no network in
+CI): ``snapshot_download`` sleeps briefly and returns ``<folder>``, recording when each
+rank called it, so a test can see that local rank 0 downloads before the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+METRICS = ('loss/train/total', 'loss/train/let_align', 'let/lambda', 'let/cosine')
+_events: dict[str, list[Any]] = {'teacher_loads': [], 'hub_calls': []}
+
+
+def _spy_teacher_loads() -> None:
+    import composer_let.teacher as teacher
+
+    load = teacher.load_teacher
+
+    def counted(*args: Any, **kwargs: Any):
+        _events['teacher_loads'].append(str(args[0]))
+        return load(*args, **kwargs)
+
+    teacher.load_teacher = counted
+
+
+def _fake_hub(folder: str) -> None:
+    import huggingface_hub
+
+    def snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        start = time.time()
+        time.sleep(1.0)
+        _events['hub_calls'].append({'repo_id': repo_id, 'start': start, 'end': time.time()})
+        return folder
+
+    huggingface_hub.snapshot_download = snapshot_download
+
+
+def _full(tensor: Any) -> list:
+    if hasattr(tensor, 'full_tensor'):  # FSDP2 DTensor shard: gather (collective, all ranks call it)
+        tensor = tensor.full_tensor()
+    return tensor.detach().float().cpu().tolist()
+
+
+def main(out_dir: str, yaml_path: str, overrides: list[str]) -> None:
+    _spy_teacher_loads()
+    if os.environ.get('LET_TEST_FAKE_HUB'):
+        _fake_hub(os.environ['LET_TEST_FAKE_HUB'])
+
+    from composer.loggers import InMemoryLogger
+    from composer.utils import dist
+    from llmfoundry.command_utils import train_from_yaml
+
+    from composer_let import LET
+    from composer_let.layers import find_module
+
+    trainer = train_from_yaml(yaml_path, overrides)
+    state = trainer.state
+    memory = next(d for d in trainer.logger.destinations if isinstance(d, InMemoryLogger))
+    let = next(a for a in state.algorithms if isinstance(a, LET))
+    model = state.model
+    projection = next((p for n, p in model.named_parameters() if n.endswith('let_projection.weight')), None)
+    facts = {
+        'rank': dist.get_global_rank(),
+        'world_size': dist.get_world_size(),
+        'metrics': {k: [float(v) for _, v in memory.data.get(k, [])] for k in METRICS},
+        'param_names': [n for n, _ in model.named_parameters()],
+        'model_class': type(model).__name__,
+        'block_class': type(find_module(model, let._student_path)).__name__,
+        'projection': None if projection is None else _full(projection),
+        'active_at_end': let.active,
+        **_events,
+    }
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / f'rank{facts["rank"]}.json').write_text(json.dumps(facts))
+
+
+if __name__ == '__main__':
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])

@@ -1,0 +1,87 @@
+"""The alignment loss and width matching, as pure tensor functions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from composer_let.alignment import alignment_loss, interpolate_width
+
+
+def test_identical_directions_give_minus_one() -> None:
+    h = torch.randn(2, 5, 16)
+    loss, cos = alignment_loss(h, 3.0 * h)  # same direction, other norm
+    assert loss.item() == pytest.approx(-1.0, abs=1e-6)
+    assert cos.item() == pytest.approx(1.0, abs=1e-6)
+    opposite, _ = alignment_loss(h, -h)
+    assert opposite.item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_cosine_matches_torch_per_token_mean() -> None:
+    s, t = torch.randn(3, 7, 8), torch.randn(3, 7, 8)
+    loss, _ = alignment_loss(s, t)
+    assert loss.item() == pytest.approx(-F.cosine_similarity(s, t, dim=-1).mean().item(), abs=1e-6)
+
+
+def test_mask_leaves_padding_out() -> None:
+    s, t = torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    garbage = t.clone()
+    garbage[0, 3:] = torch.randn(3, 8) * 100  # padded positions may hold anything
+    loss_a, cos_a = alignment_loss(s, t, mask)
+    loss_b, cos_b = alignment_loss(s, garbage, mask)
+    assert loss_a.item() == pytest.approx(loss_b.item(), abs=1e-6)
+    assert cos_a.item() == pytest.approx(cos_b.item(), abs=1e-6)
+    real = mask.bool()
+    expected = -F.cosine_similarity(s[real], t[real], dim=-1).mean()
+    assert loss_a.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_all_padding_and_zero_vectors_stay_finite() -> None:
+    s = torch.zeros(1, 4, 8, requires_grad=True)
+    loss, cos = alignment_loss(s, torch.zeros(1, 4, 8))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(cos) and torch.isfinite(s.grad).all()
+    empty, _ = alignment_loss(torch.randn(1, 4, 8), torch.randn(1, 4, 8), torch.zeros(1, 4))
+    assert empty.item() == 0.0
+
+
+def test_mse_and_smooth_l1_are_zero_at_alignment_and_grow_apart() -> None:
+    h = torch.randn(2, 4, 16)
+    for kind in ('mse', 'smooth_l1'):
+        same, _ = alignment_loss(h, 2 * h, kind=kind)
+        apart, _ = alignment_loss(h, -h, kind=kind)
+        assert same.item() == pytest.approx(0.0, abs=1e-5)
+        assert apart.item() > 0.1
+    mse, cos = alignment_loss(h, torch.randn(2, 4, 16), kind='mse')
+    assert mse.item() == pytest.approx(2 - 2 * cos.item(), abs=1e-5)  # ||a-b||² = 2 - 2cos on unit vectors
+
+
+def test_low_precision_inputs_give_fp32_loss_with_grad() -> None:
+    s = torch.randn(2, 4, 8, dtype=torch.bfloat16, requires_grad=True)
+    t = torch.randn(2, 4, 8, dtype=torch.bfloat16) * 1e4  # large but finite in bf16
+    loss, _ = alignment_loss(s, t)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and s.grad is not None
+
+
+def test_shape_mismatch_and_unknown_kind_are_errors() -> None:
+    with pytest.raises(ValueError, match='differ in shape'):
+        alignment_loss(torch.randn(1, 2, 8), torch.randn(1, 2, 6))
+    with pytest.raises(ValueError, match='loss='):
+        alignment_loss(torch.randn(1, 2, 8), torch.randn(1, 2, 8), kind='kl')
+
+
+def test_interpolate_identity_when_widths_match() -> None:
+    h = torch.randn(2, 3, 12)
+    assert interpolate_width(h, 12) is h
+
+
+def test_interpolate_resizes_linearly_along_hidden() -> None:
+    ramp = torch.linspace(0, 1, 5).expand(2, 3, 5)
+    up = interpolate_width(ramp, 9)
+    assert up.shape == (2, 3, 9)
+    torch.testing.assert_close(up[0, 0], torch.linspace(0, 1, 9))  # a line stays a line, corners aligned
+    down = interpolate_width(torch.randn(4, 7, 576), 64)
+    assert down.shape == (4, 7, 64)
