@@ -284,6 +284,7 @@ def profile_components(cfg: dict, assets: dict[str, Path], reps: int) -> dict[st
         'student_fwd_bwd': student_fwd_bwd,
         'teacher_backbone_fp32': lambda: teachers['float32'].base_model(input_ids=ids, use_cache=False),
         'teacher_backbone_bf16': lambda: teachers['bfloat16'].base_model(input_ids=ids, use_cache=False),
+        'teacher_backbone_fp32_inference_mode': lambda: _inference(teachers['float32'].base_model, ids),
         'teacher_with_lm_head_fp32': lambda: teachers['float32'](input_ids=ids, use_cache=False),
         'interpolate_width': lambda: interpolate_width(h_teacher.float(), s['hidden']),
         'alignment_loss_fwd_bwd': align,
@@ -320,6 +321,13 @@ def profile_components(cfg: dict, assets: dict[str, Path], reps: int) -> dict[st
     }
     out['params'] = {'student': param_counts(student), 'teacher': param_counts(teachers['float32'])}
     return out
+
+
+def _inference(backbone: Any, ids: Any) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        return backbone(input_ids=ids, use_cache=False)
 
 
 def build_assets(cfg: dict, folder: Path) -> dict[str, Path]:

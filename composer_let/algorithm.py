@@ -163,8 +163,9 @@ class LET(Algorithm):
         self._armed = False
         self._student_hidden: torch.Tensor | None = None
         self._teacher_hidden: torch.Tensor | None = None
-        self._checked_batch = False
+        self._checked_length = 0  # longest batch checked against the teacher (lengths grow: seq_length_warmup)
         self._cosines: list[torch.Tensor] = []
+        self._teacher_finite: list[torch.Tensor] = []  # per microbatch, read only if the cosine is not finite
 
     # Composer wiring -----------------------------------------------------------------
 
@@ -176,6 +177,7 @@ class LET(Algorithm):
             Event.BEFORE_FORWARD,
             Event.AFTER_FORWARD,
             Event.AFTER_LOSS,
+            Event.AFTER_TRAIN_BATCH,
             Event.BATCH_END,
             Event.FIT_END,
         )
@@ -202,11 +204,19 @@ class LET(Algorithm):
             self._armed = False
         elif event == Event.AFTER_LOSS:
             self._add_alignment(state)
+        elif event == Event.AFTER_TRAIN_BATCH and not self.active and self._projection is not None:
+            # Idle after stop: drop DDP's zero gradient so the optimizer leaves the projection alone (no Adam
+            # momentum, no weight decay), exactly as in one process where it gets no gradient at all.
+            for param in self._projection.parameters():
+                param.grad = None
         elif event == Event.BATCH_END:
             metrics = {'let/lambda': self.weight}
             if self._cosines:
-                metrics['let/cosine'] = torch.stack(self._cosines).mean().item()
+                metrics['let/cosine'] = torch.stack(self._cosines).mean().item()  # the one sync per batch
                 self._cosines.clear()
+                if not math.isfinite(metrics['let/cosine']):
+                    raise FloatingPointError(self._not_finite(int(state.timestamp.batch)))  # batches done
+                self._teacher_finite.clear()
             logger.log_metrics(metrics)
         elif event == Event.FIT_END:
             self._release()  # a later fit() on the same Trainer loads it again if still before stop
@@ -289,7 +299,8 @@ class LET(Algorithm):
         target = find_module(state.model, self._student_path, key='algorithms.let.student_module')
         self._hook = target.register_forward_hook(self._capture)
         if self._projection is not None:
-            self._projection = state.model.let_projection  # FSDP may have swapped the module
+            # FSDP1 swaps in its wrapper; DDP (wrapped after INIT) hides the attribute behind ``module.``
+            self._projection = find_module(state.model, 'let_projection', key='let_projection')
         self.active = True
 
     def _capture(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -304,13 +315,13 @@ class LET(Algorithm):
     def _run_teacher(self, batch: Any) -> None:
         input_ids = batch['input_ids']
         mask = batch.get('attention_mask')
-        if not self._checked_batch:
+        if input_ids.shape[1] > self._checked_length:
             self._check_batch(input_ids)
         self._teacher_hidden = self._runner(input_ids, mask)[self._teacher_layer_index]  # type: ignore[misc]
 
     def _check_batch(self, input_ids: torch.Tensor) -> None:
         check_input_ids(input_ids, self._teacher_shape)
-        self._checked_batch = True
+        self._checked_length = input_ids.shape[1]
 
     def _add_alignment(self, state: State) -> None:
         if self.active:
@@ -321,6 +332,7 @@ class LET(Algorithm):
                 teacher = interpolate_width(teacher.float(), self._student_hidden.shape[-1])
             mask = state.batch.get('attention_mask') if isinstance(state.batch, dict) else None
             align, cosine = alignment_loss(self._student_hidden, teacher, mask, kind=self.loss)
+            self._teacher_finite.append(torch.isfinite(self._teacher_hidden).all())
             self._student_hidden = self._teacher_hidden = None
             self._cosines.append(cosine)
             state.loss = with_extra_loss(state.loss, 'let_align', align, self.weight)
@@ -328,6 +340,19 @@ class LET(Algorithm):
             # DDP expects a gradient for every parameter each step: give the idle projection zeros.
             idle = sum(p.sum() for p in self._projection.parameters()) * 0.0
             state.loss = with_extra_loss(state.loss, 'let_align', idle, 1.0)
+
+    def _not_finite(self, batch: int) -> str:
+        """Why the alignment turned inf/NaN (raised at BATCH_END, before the batch's checkpoint is written)."""
+        if not bool(torch.stack(self._teacher_finite).all()):
+            return (
+                f"LET: the teacher's hidden states are inf/NaN in batch {batch}: {self.teacher} overflows in "
+                f'teacher_dtype={self.teacher_dtype}. Set algorithms.let.teacher_dtype: bf16 (the range of fp32) '
+                'or fp32.'
+            )
+        return (
+            f'LET: the alignment is inf/NaN in batch {batch} while the teacher is finite: the student block '
+            f'{self._student_path} diverged. Lower the learning rate or algorithms.let.lambda0.'
+        )
 
     def _release(self) -> None:
         if self._hook is not None:

@@ -24,10 +24,21 @@ the backward pass instead of keeping every chunk's softmax for autograd.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 IGNORE_INDEX = -100
+# Config attributes of models whose forward rescales the LM head's logits (Gemma 2/3, Cohere, Granite).
+_LOGIT_TRANSFORMS = ('final_logit_softcapping', 'logit_scale', 'logits_scaling')
+
+
+def head_rescaling(config: Any) -> list[str]:
+    """Config attributes by which a model's logits differ from ``lm_head(final hidden state)``.
+
+    SALT and SALT_DS apply the teacher's LM head themselves, so such teachers are refused.
+    """
+    return [a for a in _LOGIT_TRANSFORMS if getattr(config, a, None) not in (None, 1, 1.0)]
 
 
 def next_token_mask(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -77,6 +88,15 @@ def distillation_loss(
     return _SoftLabelCrossEntropy.apply(logits, hidden, rows, teacher_head, float(temperature), int(chunk_tokens))
 
 
+def _softmax_(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the last dim IN PLACE (no second (rows × vocab) tensor); also returns the logsumexp."""
+    top = x.amax(-1, keepdim=True)
+    x.sub_(top).exp_()
+    norm = x.sum(-1, keepdim=True)
+    x.div_(norm)
+    return x, (top + norm.log()).squeeze(-1)
+
+
 class _SoftLabelCrossEntropy(torch.autograd.Function):
     """Forward computes the loss and its gradient chunk by chunk; backward hands the gradient back."""
 
@@ -85,7 +105,7 @@ class _SoftLabelCrossEntropy(torch.autograd.Function):
         count = rows.numel()
         grad = torch.zeros_like(logits)
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        for start in range(0, count, chunk):
+        for start in range(0, count, chunk):  # two (chunk × vocab) fp32 temporaries per chunk
             index = rows[start : start + chunk]
             student = logits.index_select(0, index).float()
             teacher = head(hidden.index_select(0, index)).float()
@@ -95,10 +115,10 @@ class _SoftLabelCrossEntropy(torch.autograd.Function):
                     f'The student has {student.shape[-1]} logits but the teacher {vocab_t}: set the '
                     f'model vocab_size >= {vocab_t}.',
                 )
-            soft = torch.softmax(teacher.div_(temperature), dim=-1)
-            log_z = torch.logsumexp(student, dim=-1)
-            total += (log_z - (soft * student[:, :vocab_t]).sum(-1)).sum()
-            probs = student.sub_(log_z.unsqueeze(1)).exp_()  # softmax(z_S), in place
+            soft, _ = _softmax_(teacher.div_(temperature))
+            dot = torch.bmm(soft.unsqueeze(1), student[:, :vocab_t].unsqueeze(2)).view(-1)  # Σ_v p_T · z_S
+            probs, log_z = _softmax_(student)
+            total += (log_z - dot).sum()
             probs[:, :vocab_t] -= soft
             grad.index_copy_(0, index, probs.div_(count).to(grad.dtype))
         ctx.grad = grad

@@ -29,7 +29,7 @@ from composer.core import Algorithm, Event, State, Time
 from composer.loggers import Logger
 from torch import nn
 
-from composer_let.distill import distillation_loss, next_token_mask
+from composer_let.distill import distillation_loss, head_rescaling, next_token_mask
 from composer_let.losses import with_mixed_loss
 from composer_let.schedule import SCHEDULES, schedule_weight
 from composer_let.teacher import (
@@ -51,8 +51,6 @@ from composer_let.timing import check_stop_within, parse_stop, progress_towards
 log = logging.getLogger(__name__)
 
 _KEYS = ('teacher', 'weight', 'temperature', 'stop', 'schedule', 'teacher_dtype', 'chunk_tokens')
-# Config attributes of models whose forward rescales the LM head's logits (Gemma 2/3, Cohere, Granite).
-_LOGIT_TRANSFORMS = ('final_logit_softcapping', 'logit_scale', 'logits_scaling')
 
 
 def _number(key: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
@@ -179,7 +177,7 @@ class SALT(Algorithm):
         except TeacherError as e:
             raise ValueError(f'algorithms.salt.{e}') from None
         self._shape = teacher_shape(config)
-        transforms = [a for a in _LOGIT_TRANSFORMS if getattr(config, a, None) not in (None, 1, 1.0)]
+        transforms = head_rescaling(config)
         if transforms:
             raise ValueError(
                 f'algorithms.salt.teacher={self.teacher!r} rescales its logits outside the LM head '

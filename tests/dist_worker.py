@@ -51,16 +51,33 @@ def _fake_hub(folder: str) -> None:
     huggingface_hub.snapshot_download = snapshot_download
 
 
-def _full(tensor: Any) -> list:
-    if hasattr(tensor, 'full_tensor'):  # FSDP2 DTensor shard: gather (collective, all ranks call it)
-        tensor = tensor.full_tensor()
-    return tensor.detach().float().cpu().tolist()
+def _projection(model: Any) -> list | None:
+    """The full ``let_projection`` weight; gathering it is a collective under FSDP, so every rank calls this."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    from composer_let.layers import find_module
+
+    try:
+        module = find_module(model, 'let_projection')
+    except ValueError:
+        return None
+    if isinstance(module, FullyShardedDataParallel):  # FSDP1: the flat shard, gathered for the read
+        with FullyShardedDataParallel.summon_full_params(module):
+            return module.module.weight.detach().clone().tolist()
+    weight = module.weight
+    if hasattr(weight, 'full_tensor'):  # FSDP2: a DTensor shard
+        weight = weight.full_tensor()
+    return weight.detach().cpu().tolist()
 
 
 def main(out_dir: str, yaml_path: str, overrides: list[str]) -> None:
     _spy_teacher_loads()
     if os.environ.get('LET_TEST_FAKE_HUB'):
         _fake_hub(os.environ['LET_TEST_FAKE_HUB'])
+    if os.environ.get('LET_TEST_FSDP1_ON_CPU'):
+        import torch
+
+        torch.cuda.current_device = lambda: torch.device('cpu')
 
     from composer.loggers import InMemoryLogger
     from composer.utils import dist
@@ -74,7 +91,6 @@ def main(out_dir: str, yaml_path: str, overrides: list[str]) -> None:
     memory = next(d for d in trainer.logger.destinations if isinstance(d, InMemoryLogger))
     let = next(a for a in state.algorithms if isinstance(a, LET))
     model = state.model
-    projection = next((p for n, p in model.named_parameters() if n.endswith('let_projection.weight')), None)
     facts = {
         'rank': dist.get_global_rank(),
         'world_size': dist.get_world_size(),
@@ -82,7 +98,7 @@ def main(out_dir: str, yaml_path: str, overrides: list[str]) -> None:
         'param_names': [n for n, _ in model.named_parameters()],
         'model_class': type(model).__name__,
         'block_class': type(find_module(model, let._student_path)).__name__,
-        'projection': None if projection is None else _full(projection),
+        'projection': _projection(model),
         'active_at_end': let.active,
         **_events,
     }

