@@ -158,6 +158,7 @@ def _overrides(cfg: dict, family: str, arm: str, assets: dict[str, Path], total:
         f'variables.steps={total}ba',
         f'variables.run_name=overhead-{family}-{arm}',
         *(f'variables.{k}={v}' for k, v in student.items()),
+        *([f'variables.head_dim={student["hidden"] // student["heads"]}'] if family == 'llama' else []),
         'callbacks={bench_baton: {}}',
     ]
     if family == 'mpt':
@@ -259,6 +260,7 @@ def profile_components(cfg: dict, assets: dict[str, Path], reps: int) -> dict[st
             'num_hidden_layers': s['layers'],
             'num_attention_heads': s['heads'],
             'num_key_value_heads': s['heads'],
+            'head_dim': s['hidden'] // s['heads'],
         }
     )
     student_cfg._attn_implementation = 'sdpa'

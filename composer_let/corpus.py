@@ -139,7 +139,7 @@ def pack_rows(tokenizer: Any, documents: Iterable[str], seq_len: int) -> Iterato
 
     if tokenizer.eos_token is None:
         raise CorpusError('The tokenizer has no eos token: documents cannot be separated.')
-    records = ({'text': text} for text in documents if text.strip())
+    records = ({'text': text} for text in documents if text.strip())  # skip empty documents
     dataset = ConcatTokensDataset(
         hf_dataset=records,  # any iterable of {'text': ...} works
         tokenizer=tokenizer,
@@ -231,8 +231,9 @@ def write_corpus(
         nonlocal documents_read
         bar = tqdm(items, desc='[corpus] tokenizing', unit='doc', disable=not progress, mininterval=2)
         for text in bar:
-            documents_read += 1
-            yield text
+            if text.strip():
+                documents_read += 1
+                yield text
             bar.set_postfix(rows=counts['train'] + counts['val'], refresh=False)
 
     try:
@@ -247,7 +248,7 @@ def write_corpus(
                 (val if split == 'val' else train).write({'tokens': row})
                 counts[split] += 1
         if documents_read == 0:
-            raise CorpusError(f'No documents in {", ".join(sources)}.')
+            raise CorpusError(f'No text in {", ".join(sources)}: no documents, or only empty ones.')
         if counts['val'] == 0:
             raise CorpusError(
                 f'{", ".join(sources)} gave {counts["train"]} rows of {seq_len} tokens: too little text for a '

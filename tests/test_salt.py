@@ -44,7 +44,7 @@ def test_constructor_refuses_bad_input() -> None:
         ({}, 'algorithms.salt.teacher is required'),
         ({**good, 'weight': 1.5}, r'algorithms.salt.weight=1.5 must be a number in \[0.0, 1.0\]'),
         ({**good, 'weight': True}, 'algorithms.salt.weight=True'),
-        ({**good, 'temperature': 0}, r'algorithms.salt.temperature=0 must be a number in \(0.0, inf\]'),
+        ({**good, 'temperature': 0}, r'algorithms.salt.temperature=0 must be a number in \(0.0, inf\)'),
         ({**good, 'temperature': float('nan')}, 'algorithms.salt.temperature=nan'),
         ({**good, 'stop': '-3ba'}, 'algorithms.salt.stop'),
         ({**good, 'stop': '10sec'}, 'algorithms.salt.stop'),

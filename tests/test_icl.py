@@ -1,0 +1,75 @@
+"""Downstream evaluation through llm-foundry's own evaluator with yamls/eval/icl.yaml (a few rows per task)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SHARED_DATA
+
+ICL = SHARED_DATA / 'icl'
+TASKS = ('lambada_openai', 'piqa', 'arc_easy', 'copa', 'openbook_qa', 'siqa')
+needs_icl = pytest.mark.skipif(not ICL.is_dir(), reason=f'{ICL} is absent (it is beside the repo on dev machines/CI)')
+
+
+def _subset(folder: Path, rows: int, only: tuple[str, ...] = TASKS) -> Path:
+    """The first ``rows`` rows of the ``only`` tasks (one row of the others), named as the YAML expects."""
+    folder.mkdir()
+    for task in TASKS:
+        count = rows if task in only else 1
+        with open(ICL / f'{task}.jsonl', encoding='utf-8') as f:
+            (folder / f'{task}.jsonl').write_text(''.join(next(f) for _ in range(count)), encoding='utf-8')
+    return folder
+
+
+def _evaluate(tmp_path: Path, *overrides: str) -> dict[str, float]:
+    from llmfoundry.command_utils import eval_from_yaml
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # llm-foundry writes each task's jsonl copy to the working directory
+    try:
+        trainers, _ = eval_from_yaml(str(ROOT / 'yamls' / 'eval' / 'icl.yaml'), [*overrides, 'loggers={inmemory: {}}'])
+    finally:
+        os.chdir(cwd)
+    from composer.loggers import InMemoryLogger
+
+    logger = next(d for d in trainers[0].logger.destinations if isinstance(d, InMemoryLogger))
+    return {key: float(values[-1][1]) for key, values in logger.data.items() if key.startswith('metrics/')}
+
+
+@needs_icl
+def test_every_task_and_heldout_perplexity_on_a_tiny_model(assets: dict[str, Path], tmp_path: Path):
+    metrics = _evaluate(
+        tmp_path,
+        f'variables.model={assets["teacher"]}',
+        f'variables.data_local={assets["data"]}',
+        f'variables.icl_dir={_subset(tmp_path / "icl", rows=8)}',
+        'variables.max_seq_len=64',
+        'variables.batch=4',
+        'variables.eval_batches=2',
+    )
+    kinds = {'lambada_openai': 'InContextLearningLMAccuracy'}
+    for task in TASKS:
+        key = f'metrics/{task}/0-shot/{kinds.get(task, "InContextLearningMultipleChoiceAccuracy")}'
+        assert 0.0 <= metrics[key] <= 1.0, key
+    # A random-init model over a 512-token vocabulary: held-out cross-entropy near ln(512) = 6.24.
+    assert abs(metrics['metrics/eval/LanguageCrossEntropy'] - math.log(512)) < 0.5
+
+
+@pytest.mark.slow
+@needs_icl
+def test_smollm2_scores_above_chance(smollm2: Path, tmp_path: Path):
+    metrics = _evaluate(
+        tmp_path,
+        f'variables.model={smollm2}',
+        f'variables.icl_dir={_subset(tmp_path / "icl", rows=24, only=("lambada_openai", "arc_easy"))}',
+        'variables.max_seq_len=128',
+        'variables.batch=8',
+        'eval_loader=null',
+    )
+    # SmolLM2-135M measured 0.34 (lambada) and 0.75 (arc_easy, chance 0.25) on 32 rows with this YAML.
+    assert metrics['metrics/lambada_openai/0-shot/InContextLearningLMAccuracy'] > 0.1
+    assert metrics['metrics/arc_easy/0-shot/InContextLearningMultipleChoiceAccuracy'] > 0.4

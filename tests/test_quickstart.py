@@ -1,0 +1,48 @@
+"""The quickstart end to end in --smoke mode (tiny teacher, a few steps): progress, plot, table, records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from composer_let.quickstart import main
+
+
+def test_smoke_run_writes_plot_table_and_records(assets: dict[str, Path], tmp_path: Path, capfd):
+    out = tmp_path / 'out'
+    args = ['--smoke', '--teacher', str(assets['teacher']), '--work', str(tmp_path / 'work'), '--out', str(out)]
+    assert main(args) == 0
+    printed = capfd.readouterr().out
+    assert 'SMALLER than its teacher' in printed and '10x smaller than the student' in printed
+    assert '[baseline] step 6/6' in printed and '[let] eval @ step 6' in printed
+
+    assert (out / 'loss.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    baseline = json.loads((out / 'baseline' / 'record.json').read_text())
+    let = json.loads((out / 'let' / 'record.json').read_text())
+    assert [s['batch'] for s in let['steps']] == [1, 2, 3, 4, 5, 6]
+    assert [s['lambda'] for s in let['steps']] == pytest.approx([0.1, 0.1 * 2 / 3, 0.1 / 3, 0, 0, 0])
+    assert {s['lambda'] for s in baseline['steps']} == {0.0}
+    assert [e['batch'] for e in let['evals']] == [e['batch'] for e in baseline['evals']] == [3, 6]
+    # Same seed, same init, same data: the first step's cross-entropy is the same in both runs.
+    assert let['steps'][0]['ce'] == pytest.approx(baseline['steps'][0]['ce'], rel=1e-6)
+    assert let['steps'][0]['loss'] != let['steps'][0]['ce']  # LET added λ·L_align to the total
+    assert baseline['peak_rss_mb'] > 100 and let['parameters'] == baseline['parameters']
+
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['runs']['let']['final_eval_loss'] == let['evals'][-1]['loss']
+    assert summary['runs']['baseline']['final_eval_loss'] == baseline['evals'][-1]['loss']
+    assert isinstance(summary['let_overhead_teacher_active'], float)
+    assert isinstance(summary['let_overhead_after_stop'], float)
+    table = (out / 'summary.md').read_text()
+    assert '| baseline |' in table and '| let |' in table and 'while the teacher is active' in table
+    assert (Path(summary['data']) / 'corpus.json').is_file()  # the stdlib corpus was built for this tokenizer
+
+
+def test_bad_plan_is_refused_before_anything_runs(tmp_path: Path):
+    with pytest.raises(ValueError, match='multiple of the eval interval'):
+        main(['--smoke', '--steps', '5', '--out', str(tmp_path / 'out')])
+    with pytest.raises(ValueError, match='--stop 9 must be between 1 and --steps 6'):
+        main(['--smoke', '--stop', '9', '--out', str(tmp_path / 'out')])
+    assert not (tmp_path / 'out').exists()
