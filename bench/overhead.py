@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,7 @@ FULL = {
     'settle': 2,
     'after': 12,
     'profile_reps': 15,
+    'text_chars': 1_000_000,
 }
 SMOKE = {
     'vocab': 512,
@@ -67,6 +69,7 @@ SMOKE = {
     'settle': 1,
     'after': 2,
     'profile_reps': 3,
+    'text_chars': 200_000,
 }
 
 _CONN: Any = None  # the child's end of the baton pipe
@@ -337,11 +340,13 @@ def build_assets(cfg: dict, folder: Path) -> dict[str, Path]:
     from composer_let.tiny import build_tokenizer, save_llama, stdlib_texts, write_token_shards
 
     t = cfg['teacher']
-    marker = folder / f'ready-v{cfg["vocab"]}-{t["hidden"]}x{t["layers"]}-s{cfg["seq"]}'
+    folder = folder / f'v{cfg["vocab"]}-{t["hidden"]}x{t["layers"]}-s{cfg["seq"]}-c{cfg["text_chars"]}'
+    marker = folder / 'ready'
     assets = {'teacher': folder / 'teacher', 'data': folder / 'data'}
     if marker.exists():
         return assets
-    texts = stdlib_texts(1_000_000)
+    shutil.rmtree(folder, ignore_errors=True)  # a half-built folder from an interrupted run
+    texts = stdlib_texts(cfg['text_chars'])
     tokenizer = build_tokenizer(folder / 'tokenizer', texts, vocab_size=cfg['vocab'])
     save_llama(
         assets['teacher'], tokenizer, hidden=t['hidden'], layers=t['layers'], heads=t['heads'], max_positions=cfg['seq']

@@ -226,7 +226,6 @@ class TeacherRunner:
         self._cache_key, self._cache = None, {}
 
 
-_GLOBAL_OWNER = object()  # scope for callers that pass no owner
 _POOL: weakref.WeakKeyDictionary[object, dict[tuple[str, torch.dtype, str], TeacherRunner]] = (
     weakref.WeakKeyDictionary()
 )
@@ -237,7 +236,7 @@ def acquire_teacher(
     dtype: torch.dtype,
     device: torch.device,
     num_layers: int,
-    owner: object = _GLOBAL_OWNER,
+    owner: object,
 ) -> TeacherRunner:
     """Load the frozen teacher at ``path``, or share the one loaded for the same ``owner``.
 

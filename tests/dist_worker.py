@@ -12,6 +12,10 @@ of the wrapped student block and how often each rank loaded the teacher.
 ``LET_TEST_FAKE_HUB=<folder>`` stands in for the Hugging Face hub (there is no network in
 CI): ``snapshot_download`` sleeps briefly and returns ``<folder>``, recording when each
 rank called it, so a test can see that local rank 0 downloads before the others.
+
+``LET_TEST_FSDP1_ON_CPU=1`` lets Composer's FSDP1 path run on CPU: its only CUDA call,
+``device_id=torch.cuda.current_device()`` in ``prepare_fsdp_module``, returns the CPU
+device instead (torch's FSDP1 itself runs on CPU with gloo). Nothing else is changed.
 """
 
 from __future__ import annotations

@@ -37,7 +37,9 @@ KEYS = ('loss/train/total', 'loss/train/let_align', 'let/lambda', 'let/cosine')
 MPT_RUN = ('max_duration=4ba', 'algorithms.let.stop=2ba', 'algorithms.let.projection=linear', 'eval_interval=4ba')
 MPT_RUN = (*MPT_RUN, 'scheduler.t_warmup=0ba')
 LLAMA_RUN = ('max_duration=4ba', 'algorithms.let.stop=2ba', 'eval_interval=4ba', 'scheduler.t_warmup=0ba')
-LOSS_TOLERANCE = 1e-5  # relative; the ranks reduce in another order than one process
+# Relative; the ranks reduce in another order than one process. Measured: DDP/FSDP1 <= 8e-8, FSDP2 <= 5e-6.
+LOSS_TOLERANCE = 1e-4
+ALIGN_TOLERANCE = 1e-6  # absolute, on values ~0.01 (measured <= 1.5e-7)
 
 
 def values(trainer, key: str) -> list[float]:
@@ -129,14 +131,14 @@ def assert_matches_one_process(ranks: list[dict[str, Any]], reference: dict[str,
     assert metrics[0]['loss/train/total'] == pytest.approx(expected['loss/train/total'], rel=LOSS_TOLERANCE)
     # After stop, DDP logs the zero term that keeps the idle projection in its gradient reduction.
     align, active = metrics[0]['loss/train/let_align'], len(expected['loss/train/let_align'])
-    assert align[:active] == pytest.approx(expected['loss/train/let_align'], rel=LOSS_TOLERANCE)
+    assert align[:active] == pytest.approx(expected['loss/train/let_align'], abs=ALIGN_TOLERANCE)
     assert align[active:] == (
         [0.0] * (len(align) - active) if ranks[0]['model_class'] == 'DistributedDataParallel' else []
     )
     assert metrics[0]['let/lambda'] == metrics[1]['let/lambda'] == expected['let/lambda']
     # Each rank logs the cosine of its own rows; equal token counts, so their mean is the one-process cosine.
     mean_cosine = [(a + b) / 2 for a, b in zip(metrics[0]['let/cosine'], metrics[1]['let/cosine'], strict=True)]
-    assert mean_cosine == pytest.approx(expected['let/cosine'], abs=1e-5)
+    assert mean_cosine == pytest.approx(expected['let/cosine'], abs=ALIGN_TOLERANCE)
     for rank in ranks:
         # The teacher: loaded once per rank, never part of the wrapped (DDP/FSDP) model.
         assert len(rank['teacher_loads']) == 1
@@ -148,7 +150,8 @@ def assert_projection(ranks: list[dict[str, Any]], reference: dict[str, Any]) ->
     """The learned projection is the same on both ranks and equals the one-process one."""
     first, second = (torch.tensor(r['projection']) for r in ranks)
     assert torch.equal(first, second)
-    assert torch.allclose(first, reference['projection'], atol=1e-5), (first - reference['projection']).abs().max()
+    # Adam turns reduction-order noise into ~1e-5 weight differences (measured 2e-5 under FSDP2).
+    assert torch.allclose(first, reference['projection'], atol=1e-4), (first - reference['projection']).abs().max()
 
 
 def assert_checkpoint(path: Path, reference: dict[str, Any], projection: list | None) -> dict[str, Any]:
@@ -206,7 +209,8 @@ def test_ddp_matches_one_process(assets, single, tmp_path: Path) -> None:
     )
     logged = ranks[0]['metrics']
     assert values(resumed, 'loss/train/total') == pytest.approx(logged['loss/train/total'][1:], rel=LOSS_TOLERANCE)
-    assert values(resumed, 'loss/train/let_align') == pytest.approx(logged['loss/train/let_align'][1:2], rel=1e-5)
+    resumed_align = values(resumed, 'loss/train/let_align')
+    assert resumed_align == pytest.approx(logged['loss/train/let_align'][1:2], abs=ALIGN_TOLERANCE)
 
 
 @pytest.mark.slow

@@ -15,27 +15,31 @@ TASKS = ('lambada_openai', 'piqa', 'arc_easy', 'copa', 'openbook_qa', 'siqa')
 needs_icl = pytest.mark.skipif(not ICL.is_dir(), reason=f'{ICL} is absent (it is beside the repo on dev machines/CI)')
 
 
-def _subset(folder: Path, rows: int, only: tuple[str, ...] = TASKS) -> Path:
-    """The first ``rows`` rows of the ``only`` tasks (one row of the others), named as the YAML expects."""
+def _subset(folder: Path, rows: int) -> Path:
+    """The first ``rows`` rows of every shared task, under the file names the YAML expects."""
     folder.mkdir()
     for task in TASKS:
-        count = rows if task in only else 1
         with open(ICL / f'{task}.jsonl', encoding='utf-8') as f:
-            (folder / f'{task}.jsonl').write_text(''.join(next(f) for _ in range(count)), encoding='utf-8')
+            (folder / f'{task}.jsonl').write_text(''.join(next(f) for _ in range(rows)), encoding='utf-8')
     return folder
 
 
-def _evaluate(tmp_path: Path, *overrides: str) -> dict[str, float]:
+def _evaluate(tmp_path: Path, *overrides: str, only: tuple[str, ...] = TASKS) -> dict[str, float]:
+    """llm-foundry's ``eval_from_yaml`` on the shipped yamls/eval/icl.yaml (its task list cut to ``only``)."""
+    from composer.loggers import InMemoryLogger
     from llmfoundry.command_utils import eval_from_yaml
+    from omegaconf import OmegaConf
 
+    config = OmegaConf.load(ROOT / 'yamls' / 'eval' / 'icl.yaml')
+    config.icl_tasks = [task for task in config.icl_tasks if task.label in only]
+    yaml_path = tmp_path / 'icl.yaml'
+    OmegaConf.save(config, yaml_path)
     cwd = os.getcwd()
     os.chdir(tmp_path)  # llm-foundry writes each task's jsonl copy to the working directory
     try:
-        trainers, _ = eval_from_yaml(str(ROOT / 'yamls' / 'eval' / 'icl.yaml'), [*overrides, 'loggers={inmemory: {}}'])
+        trainers, _ = eval_from_yaml(str(yaml_path), [*overrides, 'loggers={inmemory: {}}'])
     finally:
         os.chdir(cwd)
-    from composer.loggers import InMemoryLogger
-
     logger = next(d for d in trainers[0].logger.destinations if isinstance(d, InMemoryLogger))
     return {key: float(values[-1][1]) for key, values in logger.data.items() if key.startswith('metrics/')}
 
@@ -47,7 +51,7 @@ def test_every_task_and_heldout_perplexity_on_a_tiny_model(assets: dict[str, Pat
         f'variables.model={assets["teacher"]}',
         f'variables.data_local={assets["data"]}',
         f'variables.icl_dir={_subset(tmp_path / "icl", rows=8)}',
-        'variables.max_seq_len=64',
+        'variables.max_seq_len=128',  # the tiny tokenizer spends many tokens on English
         'variables.batch=4',
         'variables.eval_batches=2',
     )
@@ -65,11 +69,13 @@ def test_smollm2_scores_above_chance(smollm2: Path, tmp_path: Path):
     metrics = _evaluate(
         tmp_path,
         f'variables.model={smollm2}',
-        f'variables.icl_dir={_subset(tmp_path / "icl", rows=24, only=("lambada_openai", "arc_easy"))}',
+        f'variables.icl_dir={_subset(tmp_path / "icl", rows=16)}',
         'variables.max_seq_len=128',
-        'variables.batch=8',
+        'variables.batch=16',
         'eval_loader=null',
+        only=('lambada_openai', 'arc_easy'),
     )
-    # SmolLM2-135M measured 0.34 (lambada) and 0.75 (arc_easy, chance 0.25) on 32 rows with this YAML.
-    assert metrics['metrics/lambada_openai/0-shot/InContextLearningLMAccuracy'] > 0.1
-    assert metrics['metrics/arc_easy/0-shot/InContextLearningMultipleChoiceAccuracy'] > 0.4
+    lambada = metrics['metrics/lambada_openai/0-shot/InContextLearningLMAccuracy']
+    arc_easy = metrics['metrics/arc_easy/0-shot/InContextLearningMultipleChoiceAccuracy']
+    # A broken tokenizer or teacher scores ~0 on lambada and ~0.25 (chance) on arc_easy.
+    assert lambada > 0.1 and arc_easy > 0.4, (lambada, arc_easy)
