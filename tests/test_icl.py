@@ -8,23 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SHARED_DATA
+from conftest import ICL_TASKS, ROOT, SHARED_DATA, icl_subset
 
 ICL = SHARED_DATA / 'icl'
-TASKS = ('lambada_openai', 'piqa', 'arc_easy', 'copa', 'openbook_qa', 'siqa')
 needs_icl = pytest.mark.skipif(not ICL.is_dir(), reason=f'{ICL} is absent (it is beside the repo on dev machines/CI)')
 
 
-def _subset(folder: Path, rows: int) -> Path:
-    """The first ``rows`` rows of every shared task, under the file names the YAML expects."""
-    folder.mkdir()
-    for task in TASKS:
-        with open(ICL / f'{task}.jsonl', encoding='utf-8') as f:
-            (folder / f'{task}.jsonl').write_text(''.join(next(f) for _ in range(rows)), encoding='utf-8')
-    return folder
-
-
-def _evaluate(tmp_path: Path, *overrides: str, only: tuple[str, ...] = TASKS) -> dict[str, float]:
+def _evaluate(tmp_path: Path, *overrides: str, only: tuple[str, ...] = ICL_TASKS) -> dict[str, float]:
     """llm-foundry's ``eval_from_yaml`` on the shipped yamls/eval/icl.yaml (its task list cut to ``only``)."""
     from composer.loggers import InMemoryLogger
     from llmfoundry.command_utils import eval_from_yaml
@@ -50,13 +40,13 @@ def test_every_task_and_heldout_perplexity_on_a_tiny_model(assets: dict[str, Pat
         tmp_path,
         f'variables.model={assets["teacher"]}',
         f'variables.data_local={assets["data"]}',
-        f'variables.icl_dir={_subset(tmp_path / "icl", rows=8)}',
-        'variables.max_seq_len=128',  # the tiny tokenizer spends many tokens on English
+        f'variables.icl_dir={icl_subset(tmp_path / "icl", rows=4)}',
+        'variables.max_seq_len=256',  # the tiny tokenizer spends many tokens on English
         'variables.batch=4',
         'variables.eval_batches=2',
     )
     kinds = {'lambada_openai': 'InContextLearningLMAccuracy'}
-    for task in TASKS:
+    for task in ICL_TASKS:
         key = f'metrics/{task}/0-shot/{kinds.get(task, "InContextLearningMultipleChoiceAccuracy")}'
         assert 0.0 <= metrics[key] <= 1.0, key
     # A random-init model over a 512-token vocabulary: held-out cross-entropy near ln(512) = 6.24.
@@ -69,7 +59,7 @@ def test_smollm2_scores_above_chance(smollm2: Path, tmp_path: Path):
     metrics = _evaluate(
         tmp_path,
         f'variables.model={smollm2}',
-        f'variables.icl_dir={_subset(tmp_path / "icl", rows=16)}',
+        f'variables.icl_dir={icl_subset(tmp_path / "icl", rows=16)}',
         'variables.max_seq_len=128',
         'variables.batch=16',
         'eval_loader=null',

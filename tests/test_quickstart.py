@@ -9,10 +9,16 @@ import pytest
 
 from composer_let.quickstart import main
 
+from conftest import ICL_TASKS, SHARED_DATA, icl_subset
+
+ICL = SHARED_DATA / 'icl'
+
 
 def test_smoke_run_writes_plot_table_and_records(assets: dict[str, Path], tmp_path: Path, capfd):
     out = tmp_path / 'out'
     args = ['--smoke', '--teacher', str(assets['teacher']), '--work', str(tmp_path / 'work'), '--out', str(out)]
+    if ICL.is_dir():  # also score both students on the first rows of every shared ICL task
+        args += ['--icl', str(icl_subset(tmp_path / 'icl', rows=4)), '--icl-batches', '1']
     assert main(args) == 0
     printed = capfd.readouterr().out
     assert 'SMALLER than its teacher' in printed and '10x smaller than the student' in printed
@@ -38,6 +44,17 @@ def test_smoke_run_writes_plot_table_and_records(assets: dict[str, Path], tmp_pa
     table = (out / 'summary.md').read_text()
     assert '| baseline |' in table and '| let |' in table and 'while the teacher is active' in table
     assert (Path(summary['data']) / 'corpus.json').is_file()  # the stdlib corpus was built for this tokenizer
+    assert 'load average' in table
+
+    from transformers import AutoModelForCausalLM
+
+    for arm in ('baseline', 'let'):  # the final students, saved by the YAMLs' hf_checkpointer
+        student = AutoModelForCausalLM.from_pretrained(summary['students'][arm])
+        assert sum(p.numel() for p in student.parameters()) == baseline['parameters']
+    if ICL.is_dir():
+        assert set(summary['icl']['baseline']) == set(summary['icl']['let']) == set(ICL_TASKS)
+        assert all(0 <= v <= 1 for v in summary['icl']['let'].values())
+        assert '| arc_easy |' in table
 
 
 def test_bad_plan_is_refused_before_anything_runs(tmp_path: Path):
