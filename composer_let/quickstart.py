@@ -44,7 +44,7 @@ ICL_SEQ_LEN = 256  # the longest shared ICL continuation (piqa) is 231 SmolLM2 t
 NOTE = (
     "Note: on CPU this demo's student is SMALLER than its teacher (SmolLM2-135M by default), so that both runs "
     "fit in minutes on 2 cores. The paper's regime -- a teacher ~10x smaller than the student -- is what the "
-    "GPU yamls under yamls/ set up. Expect a demonstration of the mechanics and costs, not the paper's speedups."
+    "GPU yamls in yamls/gpu/ set up. Expect a demonstration of the mechanics and costs, not the paper's speedups."
 )
 
 
@@ -73,6 +73,7 @@ class Plan:
             f'variables.intermediate={self.intermediate}',
             f'variables.layers={self.layers}',
             f'variables.heads={self.heads}',
+            f'variables.head_dim={self.hidden // self.heads}',
             f'variables.batch={self.batch}',
             f'variables.steps={self.steps}ba',
             f'variables.stop={self.stop}ba',
@@ -85,6 +86,8 @@ class Plan:
     def check(self) -> None:
         if not 0 < self.stop <= self.steps:
             raise ValueError(f'--stop {self.stop} must be between 1 and --steps {self.steps}.')
+        if self.hidden % self.heads:
+            raise ValueError(f'hidden {self.hidden} must be a multiple of heads {self.heads}.')
         if self.steps % self.eval_interval:
             raise ValueError(f'--steps {self.steps} must be a multiple of the eval interval {self.eval_interval}.')
 

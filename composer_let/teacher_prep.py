@@ -241,6 +241,8 @@ def prepare_teacher(
     dtypes = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
     if dtype not in dtypes:
         raise TeacherPrepError(f'--dtype {dtype!r} is not one of {", ".join(dtypes)}.')
+    if source != SMOLLM2 and os.path.exists(os.path.expanduser(source)):
+        source = str(Path(source).expanduser().resolve())  # one spelling per local source, for the reuse check
     out = Path(out)
     if out.exists() and not force:
         manifest = read_manifest(out)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import glob
 import os
 import sysconfig
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from composer_let.corpus import pack_rows
 
 EOS = '<|endoftext|>'
 
@@ -85,17 +86,6 @@ def save_llama(
     return model
 
 
-def pack(token_lists: Iterable[list[int]], seq_len: int, eos_id: int) -> Iterator[np.ndarray]:
-    """Concatenate documents with EOS between them and cut ``seq_len`` rows (the tail is dropped)."""
-    buffer: list[int] = []
-    for tokens in token_lists:
-        buffer.extend(tokens)
-        buffer.append(eos_id)
-        while len(buffer) >= seq_len:
-            yield np.asarray(buffer[:seq_len], dtype=np.int32)
-            buffer = buffer[seq_len:]
-
-
 def write_token_shards(
     folder: str | Path,
     tokenizer: PreTrainedTokenizerFast,
@@ -111,9 +101,7 @@ def write_token_shards(
     from streaming import MDSWriter
 
     splits = splits or {'train': 0.9, 'val': 0.1}
-    rows = list(
-        pack((tokenizer(t, add_special_tokens=False)['input_ids'] for t in texts), seq_len, tokenizer.eos_token_id)
-    )
+    rows = list(pack_rows(tokenizer, texts, seq_len))
     counts, start = {}, 0
     for i, (split, share) in enumerate(splits.items()):
         end = len(rows) if i == len(splits) - 1 else start + round(share * len(rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from composer_let.corpus import (
     CorpusError,
     expand_inputs,
     file_documents,
+    hf_documents,
     stdlib_documents,
     write_corpus,
 )
@@ -124,6 +126,11 @@ def test_bad_input_is_refused_and_leaves_nothing(assets: dict[str, Path], tmp_pa
     for name, message in (('blank.txt', 'No text in'), ('short.txt', 'too little text')):
         with pytest.raises(CorpusError, match=message):
             write_corpus(out, tokenizer, file_documents([tmp_path / name]), 64, [name], progress=False)
+        assert not out.exists() and not (tmp_path / 'out.partial').exists()
+
+    if os.environ.get('HF_HUB_OFFLINE') == '1':  # conftest's default: a hub dataset fails clearly, writes nothing
+        with pytest.raises(CorpusError, match=r"'monology/pile-uncopyrighted'.*could not be opened.*local text"):
+            write_corpus(out, tokenizer, hf_documents('monology/pile-uncopyrighted'), 64, ['pile'], progress=False)
         assert not out.exists() and not (tmp_path / 'out.partial').exists()
 
     spec = importlib.util.spec_from_file_location('make_corpus_cli', ROOT / 'scripts' / 'make_corpus.py')
