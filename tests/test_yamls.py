@@ -5,17 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from llmfoundry.command_utils.eval import allow_toplevel_keys
 from llmfoundry.command_utils.train import TRAIN_CONFIG_KEYS, TrainConfig
 from llmfoundry.utils.builders import build_algorithm
-from llmfoundry.utils.config_utils import make_dataclass_and_log_config
+from llmfoundry.utils.config_utils import EVAL_CONFIG_KEYS, EvalConfig, make_dataclass_and_log_config
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-YAMLS = sorted((ROOT / 'yamls').glob('**/*.yaml'))
+EVAL_YAMLS = sorted((ROOT / 'yamls' / 'eval').glob('*.yaml'))
+TRAIN_YAMLS = sorted(p for p in (ROOT / 'yamls').glob('**/*.yaml') if p not in EVAL_YAMLS)
 
 
-@pytest.mark.parametrize('path', YAMLS, ids=lambda p: str(p.relative_to(ROOT / 'yamls')))
-def test_yaml_validates_and_builds_algorithms(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _id(path: Path) -> str:
+    return str(path.relative_to(ROOT / 'yamls'))
+
+
+@pytest.mark.parametrize('path', TRAIN_YAMLS, ids=_id)
+def test_train_yaml_validates_and_builds_algorithms(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv('WORLD_SIZE', '64' if 'gpu' in path.parts else '1')  # batch math checks divisibility
     cfg = OmegaConf.load(path)
     _, train_cfg = make_dataclass_and_log_config(cfg, TrainConfig, TRAIN_CONFIG_KEYS, transforms='all')
@@ -27,3 +33,13 @@ def test_yaml_validates_and_builds_algorithms(path: Path, monkeypatch: pytest.Mo
     if 'gpu' in path.parts:
         assert train_cfg.precision == 'amp_bf16' and train_cfg.fsdp_config is not None
         assert train_cfg.algorithms['let']['lambda0'] == 0.1 and train_cfg.algorithms['let']['strategy'] == 'L2E'
+
+
+@pytest.mark.parametrize('path', EVAL_YAMLS, ids=_id)
+def test_eval_yaml_validates(path: Path) -> None:
+    """The same validation ``scripts/eval.py`` (llm-foundry's ``eval_from_yaml``) applies before it runs."""
+    cfg = OmegaConf.load(path)
+    _, eval_cfg = make_dataclass_and_log_config(
+        cfg, EvalConfig, EVAL_CONFIG_KEYS, transforms=[allow_toplevel_keys], icl_tasks_required=False
+    )
+    assert eval_cfg.models and eval_cfg.icl_tasks and eval_cfg.eval_loader is not None
