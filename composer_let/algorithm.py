@@ -34,20 +34,8 @@ from composer_let.alignment import LOSSES, PROJECTIONS, alignment_loss, interpol
 from composer_let.layers import STRATEGIES, find_block_list, find_module, resolve_layer, strategy_layers
 from composer_let.losses import with_extra_loss
 from composer_let.schedule import SCHEDULES, schedule_weight
-from composer_let.teacher import (
-    DTYPES,
-    TeacherError,
-    TeacherRunner,
-    acquire_teacher,
-    check_input_ids,
-    check_tokenizers,
-    load_teacher_config,
-    load_teacher_tokenizer,
-    release_teacher,
-    resolve_teacher,
-    teacher_shape,
-)
-from composer_let.timing import check_stop_within, parse_stop, progress_towards
+from composer_let.teacher import DTYPES, TeacherRunner, acquire_teacher, check_input_ids, open_teacher, release_teacher
+from composer_let.timing import before_stop_at_fit_start, parse_stop, progress_towards
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +174,7 @@ class LET(Algorithm):
         if event == Event.INIT:
             self._init(state)
         elif event == Event.FIT_START and not self.active:
-            check_stop_within(self.stop, state.max_duration, key='algorithms.let.stop')  # set after INIT
-            if progress_towards(self.stop, state) < 1:
+            if before_stop_at_fit_start(self.stop, state, key='algorithms.let.stop'):
                 self._start(state)
             else:
                 log.info('LET: the run is at or past stop=%s; the teacher is not loaded.', self.stop)
@@ -224,12 +211,7 @@ class LET(Algorithm):
     # Steps ---------------------------------------------------------------------------
 
     def _init(self, state: State) -> None:
-        try:
-            self._teacher_path = resolve_teacher(self.teacher)
-            config = load_teacher_config(self._teacher_path)
-        except TeacherError as e:
-            raise ValueError(f'algorithms.let.{e}') from None
-        shape = teacher_shape(config)
+        self._teacher_path, _, shape = open_teacher(self.teacher, 'algorithms.let', student_tokenizer(state.model))
         self._teacher_shape = shape
         default_teacher, default_student = strategy_layers(self.strategy, shape.num_layers, 1)
         teacher_index = default_teacher if self.teacher_layer is None else self.teacher_layer
@@ -251,7 +233,6 @@ class LET(Algorithm):
                 f'algorithms.let.projection=none needs equal widths, but the student is {width_s} wide and the '
                 f'teacher {shape.hidden_size}. Use projection: interpolate (the paper) or linear.',
             )
-        check_tokenizers(student_tokenizer(state.model), load_teacher_tokenizer(self._teacher_path), shape.vocab_size)
         if self.projection == 'linear':
             self._add_projection(state, width_s, shape.hidden_size)
         log.info(

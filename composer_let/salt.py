@@ -34,19 +34,14 @@ from composer_let.losses import with_mixed_loss
 from composer_let.schedule import SCHEDULES, schedule_weight
 from composer_let.teacher import (
     DTYPES,
-    TeacherError,
     TeacherRunner,
     TeacherShape,
     acquire_teacher,
     check_input_ids,
-    check_tokenizers,
-    load_teacher_config,
-    load_teacher_tokenizer,
+    open_teacher,
     release_teacher,
-    resolve_teacher,
-    teacher_shape,
 )
-from composer_let.timing import check_stop_within, parse_stop, progress_towards
+from composer_let.timing import before_stop_at_fit_start, parse_stop, progress_towards
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +79,9 @@ class SALT(Algorithm):
     logits; padded student logits stay in its softmax with teacher probability 0.
 
     Lifecycle (as ``let``): config, tokenizer and vocabularies are checked at
-    ``Event.INIT``, ``stop`` against ``max_duration`` at ``Event.AFTER_LOAD`` (Composer sets
-    it after INIT); the teacher is loaded after any checkpoint is loaded, and only if
-    ``s < stop`` then; it is released at the first batch with ``s >= stop``. It is never
+    ``Event.INIT``, ``stop`` against ``max_duration`` at ``Event.FIT_START`` (Composer sets
+    it after INIT); the teacher is loaded then, after any checkpoint is loaded, and only if
+    ``s < stop``; it is released at the first batch with ``s >= stop`` or at ``FIT_END``. It is never
     part of the Composer model, the optimizer or checkpoints. SALT keeps no state of its
     own: ``ω`` is a function of the resumed timestamp, so resumption is exact.
 
@@ -139,20 +134,19 @@ class SALT(Algorithm):
     def match(self, event: Event, state: State) -> bool:
         return event in (
             Event.INIT,
-            Event.AFTER_LOAD,
+            Event.FIT_START,
             Event.BATCH_START,
             Event.BEFORE_FORWARD,
             Event.AFTER_LOSS,
             Event.BATCH_END,
+            Event.FIT_END,
         )
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.INIT:
             self._init(state)
-        elif event == Event.AFTER_LOAD:
-            # Composer sets max_duration after Event.INIT: compare stop with it here, still before training.
-            check_stop_within(self.stop, state.max_duration, key='algorithms.salt.stop')
-            if progress_towards(self.stop, state) < 1:
+        elif event == Event.FIT_START and not self.active:
+            if before_stop_at_fit_start(self.stop, state, key='algorithms.salt.stop'):
                 self._start(state)
             else:
                 log.info('SALT: resumed at or past stop=%s; the teacher is not loaded.', self.stop)
@@ -167,16 +161,14 @@ class SALT(Algorithm):
             self._add_distillation(state)
         elif event == Event.BATCH_END:
             logger.log_metrics({'salt/weight': self.weight})
+        elif event == Event.FIT_END:
+            self._release()  # a later fit() on the same Trainer loads it again if still before stop
 
     # Steps ---------------------------------------------------------------------------
 
     def _init(self, state: State) -> None:
-        try:
-            self._teacher_path = resolve_teacher(self.teacher)
-            config = load_teacher_config(self._teacher_path)
-        except TeacherError as e:
-            raise ValueError(f'algorithms.salt.{e}') from None
-        self._shape = teacher_shape(config)
+        tokenizer = getattr(state.model, 'tokenizer', None)
+        self._teacher_path, config, self._shape = open_teacher(self.teacher, 'algorithms.salt', tokenizer)
         transforms = head_rescaling(config)
         if transforms:
             raise ValueError(
@@ -189,8 +181,6 @@ class SALT(Algorithm):
                 f'algorithms.salt: the student has {vocab_s} logits but the teacher {self._shape.vocab_size}; '
                 f'soft labels need every teacher token. Set model.vocab_size >= {self._shape.vocab_size}.',
             )
-        tokenizer = getattr(state.model, 'tokenizer', None)
-        check_tokenizers(tokenizer, load_teacher_tokenizer(self._teacher_path), self._shape.vocab_size)
         log.info(
             'SALT: teacher %s, ω=%s (%s) until %s, τ=%s.',
             self._teacher_path,

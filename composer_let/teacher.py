@@ -132,6 +132,23 @@ def teacher_shape(config: PretrainedConfig) -> TeacherShape:
     )
 
 
+def open_teacher(teacher: str, key: str, student_tokenizer: Any) -> tuple[str, PretrainedConfig, TeacherShape]:
+    """What ``let`` and ``salt`` check at ``Event.INIT``, before any weights load.
+
+    Resolves ``teacher`` to a local folder, reads its config and checks that the run's
+    tokenizer (``None``: not visible) is the teacher's. Errors are ``ValueError`` naming
+    ``key`` (``algorithms.let``); returns the folder, the config and its shape.
+    """
+    try:
+        path = resolve_teacher(teacher)
+        config = load_teacher_config(path)
+    except TeacherError as e:
+        raise ValueError(f'{key}.{e}') from None
+    shape = teacher_shape(config)
+    check_tokenizers(student_tokenizer, load_teacher_tokenizer(path), shape.vocab_size)
+    return path, config, shape
+
+
 def check_input_ids(input_ids: torch.Tensor, shape: TeacherShape) -> None:
     """The batch must fit the teacher: token ids inside its vocabulary, sequences within its positions."""
     top = int(input_ids.max())

@@ -64,3 +64,10 @@ def progress_towards(stop: Time, state: State) -> float:
     else:
         done = float(state.timestamp.get(stop.unit).value)
     return done / float(stop.value)
+
+
+def before_stop_at_fit_start(stop: Time, state: State, key: str = 'stop') -> bool:
+    """At ``Event.FIT_START``: check ``stop`` against ``max_duration`` (which Composer sets
+    after ``Event.INIT``) and say whether the run, perhaps resumed, is still before it."""
+    check_stop_within(stop, state.max_duration, key=key)
+    return progress_towards(stop, state) < 1

@@ -14,9 +14,12 @@ from conftest import ICL_TASKS, SHARED_DATA, icl_subset
 ICL = SHARED_DATA / 'icl'
 
 
-def test_smoke_run_writes_plot_table_and_records(assets: dict[str, Path], tmp_path: Path, capfd):
+def test_smoke_run_writes_plot_table_and_records(
+    assets: dict[str, Path], tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)  # relative --work/--out, as README's command uses them
     out = tmp_path / 'out'
-    args = ['--smoke', '--teacher', str(assets['teacher']), '--work', str(tmp_path / 'work'), '--out', str(out)]
+    args = ['--smoke', '--teacher', str(assets['teacher']), '--work', 'work', '--out', 'out']
     if ICL.is_dir():  # also score both students on the first rows of every shared ICL task
         args += ['--icl', str(icl_subset(tmp_path / 'icl', rows=4)), '--icl-batches', '1']
     assert main(args) == 0
