@@ -153,6 +153,7 @@ def _model_args(size: dict, cfg: dict, init: str, data: str, seed: int, name: st
         f'variables.layers={size["layers"]}',
         f'variables.heads={size["heads"]}',
         f'variables.head_dim={size["hidden"] // size["heads"]}',
+        f'variables.tie={str(size.get("tie", True)).lower()}',
         f'variables.lr={size["lr"]}',
         f'variables.warmup={size["warmup"]}ba',
         f'variables.steps={size["steps"]}ba',
@@ -437,6 +438,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--strategies', help='e.g. L2M,L2L,M2E,M2M,M2L')
     parser.add_argument('--projections', help='e.g. linear')
     parser.add_argument('--losses', help='e.g. mse,smooth_l1')
+    parser.add_argument('--untied-target', action='store_true', help='targets get an LM head of their own')
     parser.add_argument('--threads', type=int, help="torch threads (default: torch's; 1 is steadier on a busy machine)")
     parser.add_argument('--tag', help='results subfolder name (default: full, quick or smoke)')
     parser.add_argument('--results', type=Path, default=RESULTS, help='results root (default bench/results)')
@@ -451,6 +453,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg['target']['steps'] = args.target_steps
     if args.teacher_steps:
         cfg['teacher']['steps'] = args.teacher_steps
+    if args.untied_target:
+        cfg['target']['tie'] = False
     if args.stop:
         cfg['let']['stop'] = cfg['salt']['stop'] = args.stop
     if args.teacher_dtype:
