@@ -109,7 +109,7 @@ def prepare_corpus(cfg: dict, cache: Path) -> dict[str, Any]:
     """Tokenizer (trained on the training documents only) and MDS train/val shards, cached."""
     from transformers import AutoTokenizer
 
-    from composer_let.tiny import build_tokenizer, write_token_shards
+    from composer_let.prep.tiny import build_tokenizer, write_token_shards
 
     key = signature({'layout': 2, **{k: cfg[k] for k in ('corpus_chars', 'vocab', 'seq', 'val_share')}})
     folder = cache / f'corpus-{key}'
@@ -195,7 +195,7 @@ def prepare_teacher(cfg: dict, corpus: dict, cache: Path) -> dict[str, Any]:
     """Pretrain the small teacher with llm-foundry to the end of its schedule; save it as an HF folder."""
     from transformers import AutoTokenizer
 
-    from composer_let.tiny import save_llama
+    from composer_let.prep.tiny import save_llama
 
     t = cfg['teacher']
     key = signature({'corpus': corpus['folder'], 'teacher': t, 'seq': cfg['seq'], 'batch': cfg['batch']})

@@ -337,7 +337,7 @@ def _inference(backbone: Any, ids: Any) -> Any:
 
 def build_assets(cfg: dict, folder: Path) -> dict[str, Path]:
     """Tokenizer, random-init teacher and MDS shards from the stdlib's text (no shared data needed)."""
-    from composer_let.tiny import build_tokenizer, save_llama, stdlib_texts, write_token_shards
+    from composer_let.prep.tiny import build_tokenizer, save_llama, stdlib_texts, write_token_shards
 
     t = cfg['teacher']
     folder = folder / f'v{cfg["vocab"]}-{t["hidden"]}x{t["layers"]}-s{cfg["seq"]}-c{cfg["text_chars"]}'

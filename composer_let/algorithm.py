@@ -10,9 +10,10 @@ Add one block to an llm-foundry YAML and launch as always
         lambda0: 0.1             # λ0
         stop: 0.25dur            # S_stop: 2000ba, 5e8tok, 1ep, 0.25dur
         schedule: linear         # linear (paper) | constant | cosine | step
-        projection: interpolate  # interpolate (paper) | linear | none
+        projection: interpolate  # interpolate (paper) | pool | linear | none
         loss: cosine             # cosine (paper) | mse | smooth_l1
         teacher_dtype: bf16      # bf16 | fp16 | fp32
+        ce_tokens: 256           # positions per microbatch for let/teacher_ce and let/student_ce (0: off)
         # student_layer: 3       # block index, overrides the strategy's student side
         # teacher_layer: -1      # block index, overrides the strategy's teacher side
         # student_module: model.model.layers.3  # dotted path, overrides block discovery
@@ -27,37 +28,37 @@ from typing import Any
 import torch
 from composer.core import Algorithm, Event, State, Time
 from composer.loggers import Logger
+from composer.utils import dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from composer_let.alignment import LOSSES, PROJECTIONS, alignment_loss, interpolate_width
+from composer_let import config as cfg
+from composer_let.alignment import LOSSES, PROJECTIONS, RESIZES, alignment_loss, resize_width
+from composer_let.capture import OutputCapture
+from composer_let.diagnostics import GradientProbe, gradient_stats, sampled_positions, token_nll
+from composer_let.distill import head_rescaling
 from composer_let.layers import STRATEGIES, find_block_list, find_module, resolve_layer, strategy_layers
 from composer_let.losses import with_extra_loss
 from composer_let.schedule import SCHEDULES, schedule_weight
-from composer_let.teacher import DTYPES, TeacherRunner, acquire_teacher, check_input_ids, open_teacher, release_teacher
+from composer_let.teacher import (
+    DTYPES,
+    BatchGuard,
+    TeacherRunner,
+    TeacherShape,
+    layer_widths,
+    open_teacher,
+    start_teacher,
+    state_device,
+    student_masks_documents,
+    teacher_inputs,
+)
 from composer_let.timing import before_stop_at_fit_start, parse_stop, progress_towards
 
 log = logging.getLogger(__name__)
+SECTION = 'algorithms.let'
 
-_KEYS = (
-    'teacher',
-    'strategy',
-    'lambda0',
-    'stop',
-    'schedule',
-    'projection',
-    'loss',
-    'teacher_dtype',
-    'student_layer',
-    'teacher_layer',
-    'student_module',
-)
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f'algorithms.let.{key}={value!r} is not one of {", ".join(choices)}.')
-    return value
+# Per-batch statistics, summed over microbatches and ranks, read with one host sync at BATCH_END.
+_COS, _MICROBATCHES, _TEACHER_NONFINITE, _TEACHER_NLL, _STUDENT_NLL, _CE_COUNT, _REST2, _ALIGN2, _DOT = range(9)
 
 
 def student_hidden_size(model: nn.Module) -> int:
@@ -70,8 +71,11 @@ def student_hidden_size(model: nn.Module) -> int:
     raise ValueError(f'Cannot read the hidden size of {type(model).__name__} from its config.')
 
 
-def student_tokenizer(model: nn.Module) -> Any:
-    return getattr(model, 'tokenizer', None)
+def output_logits(outputs: Any) -> torch.Tensor:
+    """The logits of a Composer model's outputs (MPT: a dict or tensor; Hugging Face: ``.logits``)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    return outputs['logits'] if isinstance(outputs, dict) else outputs.logits
 
 
 class LET(Algorithm):
@@ -88,15 +92,22 @@ class LET(Algorithm):
     from the end) override the strategy; ``student_module`` names the module to hook.
 
     Widths. ``interpolate`` resizes each teacher vector to the student width by 1-D
-    linear interpolation (parameter-free, the paper's); ``linear`` learns a
-    ``d_S -> d_T`` map that lives on the model as ``let_projection`` (trained by the
-    run's optimizer and saved in checkpoints); ``none`` needs equal widths.
+    linear interpolation (parameter-free, the paper's); ``pool`` averages neighbouring
+    teacher features instead when the teacher is wider (anti-aliased); ``linear`` learns a
+    ``d_S -> d_T`` map that lives on the model as ``let_projection`` (trained by the run's
+    optimizer and saved in checkpoints); ``none`` needs equal widths.
 
-    Lifecycle. The teacher's config and tokenizer are checked at ``Event.INIT``; its
-    weights are loaded at ``Event.FIT_START`` (after any checkpoint is loaded), and only
-    if ``s < S_stop`` then: frozen, off the Composer model, never wrapped, never in the
-    optimizer or a checkpoint. Once ``λ`` reaches 0 (or at ``FIT_END``) the student
-    hook is removed and the teacher freed.
+    Diagnostics, logged every batch while the teacher is active, from the whole batch (all
+    microbatches and ranks): ``let/grad_ratio`` = ``‖λ·∇_h L_align‖ / ‖∇_h L_rest‖`` and
+    ``let/grad_cos`` (their cosine) at the hooked student output ``h``; ``let/teacher_ce``
+    and ``let/student_ce`` on the same ``ce_tokens`` positions per microbatch (the teacher's
+    LM head runs on those positions only).
+
+    Lifecycle. The teacher's config, tokenizer and layer widths (a weightless forward) are
+    checked at ``Event.INIT``; its weights are loaded at ``Event.FIT_START`` (after any
+    checkpoint is loaded), and only if ``s < S_stop`` then: frozen, off the Composer model,
+    never wrapped, never in the optimizer or a checkpoint. Once ``λ`` reaches 0 (or at
+    ``FIT_END``) the student hook is removed and the teacher freed.
     """
 
     def __init__(
@@ -112,48 +123,43 @@ class LET(Algorithm):
         student_layer: int | None = None,
         teacher_layer: int | None = None,
         student_module: str | None = None,
+        ce_tokens: int = 256,
         **unknown: Any,
     ):
-        if unknown:
-            raise ValueError(
-                f'Unknown key(s) under algorithms.let: {", ".join(sorted(unknown))}. Valid keys: {", ".join(_KEYS)}.',
-            )
-        if not isinstance(teacher, str) or not teacher.strip():
-            raise ValueError('algorithms.let.teacher is required: a Hugging Face hub id or a local model folder.')
-        self.teacher = teacher
-        self.strategy = _choice('strategy', strategy, STRATEGIES)
-        self.schedule = _choice('schedule', schedule, SCHEDULES)
-        self.projection = _choice('projection', projection, PROJECTIONS)
-        self.loss = _choice('loss', loss, LOSSES)
-        self.teacher_dtype = _choice('teacher_dtype', teacher_dtype, tuple(DTYPES))
-        if isinstance(lambda0, bool) or not isinstance(lambda0, (int, float)) or not 0 <= lambda0 < math.inf:
-            raise ValueError(f'algorithms.let.lambda0={lambda0!r} must be a finite number >= 0 (the paper uses 0.1).')
-        self.lambda0 = float(lambda0)
-        self.stop = parse_stop(stop, key='algorithms.let.stop')
-        for key, value in (('student_layer', student_layer), ('teacher_layer', teacher_layer)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f'algorithms.let.{key}={value!r} must be an integer block index.')
+        cfg.check_known(SECTION, LET.__init__, unknown)
+        self.teacher = cfg.teacher_id(SECTION, teacher)
+        self.strategy = cfg.choice(SECTION, 'strategy', strategy, STRATEGIES)
+        self.schedule = cfg.choice(SECTION, 'schedule', schedule, SCHEDULES)
+        self.projection = cfg.choice(SECTION, 'projection', projection, PROJECTIONS)
+        self.loss = cfg.choice(SECTION, 'loss', loss, LOSSES)
+        self.teacher_dtype = cfg.choice(SECTION, 'teacher_dtype', teacher_dtype, tuple(DTYPES))
+        self.lambda0 = cfg.number(SECTION, 'lambda0', lambda0, 0.0, hint='(the paper uses 0.1)')
+        self.stop = parse_stop(stop, key=f'{SECTION}.stop')
+        self.student_layer = cfg.integer(SECTION, 'student_layer', student_layer, optional=True)
+        self.teacher_layer = cfg.integer(SECTION, 'teacher_layer', teacher_layer, optional=True)
         if student_module is not None and student_layer is not None:
-            raise ValueError('Set either algorithms.let.student_module or student_layer, not both.')
-        self.student_layer = student_layer
-        self.teacher_layer = teacher_layer
+            raise ValueError(f'Set either {SECTION}.student_module or student_layer, not both.')
         self.student_module = student_module
+        self.ce_tokens = cfg.integer(SECTION, 'ce_tokens', ce_tokens, low=0)
 
-        self.weight = 0.0  # λ for the current batch
+        self.align_weight = 0.0  # λ for the current batch
         self.active = False  # teacher loaded and hook in place
         self._teacher_path = ''
+        self._shape: TeacherShape | None = None
+        self._teacher_width = -1
         self._teacher_layer_index = -1
+        self._final_layer = -1
         self._student_path = ''
-        self._teacher_shape: Any = None
+        self._packed = False  # the student attends within documents (sequence_id): so does the teacher
         self._runner: TeacherRunner | None = None
-        self._hook: Any = None
+        self._head: nn.Module | None = None
+        self._capture: OutputCapture | None = None
+        self._probe = GradientProbe()
         self._projection: nn.Linear | None = None
-        self._armed = False
-        self._student_hidden: torch.Tensor | None = None
+        self._guard: BatchGuard | None = None
         self._teacher_hidden: torch.Tensor | None = None
-        self._checked_length = 0  # longest batch checked against the teacher (lengths grow: seq_length_warmup)
-        self._cosines: list[torch.Tensor] = []
-        self._teacher_finite: list[torch.Tensor] = []  # per microbatch, read only if the cosine is not finite
+        self._teacher_final: torch.Tensor | None = None
+        self._stats: torch.Tensor | None = None
 
     # Composer wiring -----------------------------------------------------------------
 
@@ -174,21 +180,20 @@ class LET(Algorithm):
         if event == Event.INIT:
             self._init(state)
         elif event == Event.FIT_START and not self.active:
-            if before_stop_at_fit_start(self.stop, state, key='algorithms.let.stop'):
+            if before_stop_at_fit_start(self.stop, state, key=f'{SECTION}.stop'):
                 self._start(state)
             else:
                 log.info('LET: the run is at or past stop=%s; the teacher is not loaded.', self.stop)
         elif event == Event.BATCH_START:
             progress = progress_towards(self.stop, state)
-            self.weight = schedule_weight(self.schedule, self.lambda0, progress)
+            self.align_weight = schedule_weight(self.schedule, self.lambda0, progress)
             if self.active and progress >= 1:
                 self._release()
         elif event == Event.BEFORE_FORWARD and self.active:
             self._run_teacher(state.batch)
-            self._student_hidden = None
-            self._armed = True
-        elif event == Event.AFTER_FORWARD:
-            self._armed = False
+            self._capture.arm()  # type: ignore[union-attr]
+        elif event == Event.AFTER_FORWARD and self._capture is not None:
+            self._capture.disarm()
         elif event == Event.AFTER_LOSS:
             self._add_alignment(state)
         elif event == Event.AFTER_TRAIN_BATCH and not self.active and self._projection is not None:
@@ -197,49 +202,55 @@ class LET(Algorithm):
             for param in self._projection.parameters():
                 param.grad = None
         elif event == Event.BATCH_END:
-            metrics = {'let/lambda': self.weight}
-            if self._cosines:
-                metrics['let/cosine'] = torch.stack(self._cosines).mean().item()  # the one sync per batch
-                self._cosines.clear()
-                if not math.isfinite(metrics['let/cosine']):
-                    raise FloatingPointError(self._not_finite(int(state.timestamp.batch)))  # batches done
-                self._teacher_finite.clear()
-            logger.log_metrics(metrics)
+            logger.log_metrics(self._batch_metrics(int(state.timestamp.batch)))
         elif event == Event.FIT_END:
             self._release()  # a later fit() on the same Trainer loads it again if still before stop
 
     # Steps ---------------------------------------------------------------------------
 
     def _init(self, state: State) -> None:
-        self._teacher_path, _, shape = open_teacher(self.teacher, 'algorithms.let', student_tokenizer(state.model))
-        self._teacher_shape = shape
-        default_teacher, default_student = strategy_layers(self.strategy, shape.num_layers, 1)
+        tokenizer = getattr(state.model, 'tokenizer', None)
+        self._teacher_path, config, shape = open_teacher(self.teacher, SECTION, tokenizer)
+        default_teacher, _ = strategy_layers(self.strategy, shape.num_layers, 1)
         teacher_index = default_teacher if self.teacher_layer is None else self.teacher_layer
-        self._teacher_layer_index = resolve_layer(teacher_index, shape.num_layers, 'algorithms.let.teacher_layer')
+        self._teacher_layer_index = resolve_layer(teacher_index, shape.num_layers, f'{SECTION}.teacher_layer')
+        self._final_layer = shape.num_layers - 1
+        if self.ce_tokens and head_rescaling(config):
+            raise ValueError(
+                f'{SECTION}.ce_tokens={self.ce_tokens}: the teacher {self.teacher!r} rescales its logits outside its '
+                f'LM head ({", ".join(head_rescaling(config))}), so let/teacher_ce would be wrong. Set ce_tokens: 0.',
+            )
+        self._shape = shape
 
         if self.student_module is not None:
-            find_module(state.model, self.student_module, key='algorithms.let.student_module')
+            find_module(state.model, self.student_module, key=f'{SECTION}.student_module')
             self._student_path = self.student_module
         else:
             path, blocks = find_block_list(state.model)
             _, default_student = strategy_layers(self.strategy, shape.num_layers, len(blocks))
             student_index = default_student if self.student_layer is None else self.student_layer
-            index = resolve_layer(student_index, len(blocks), 'algorithms.let.student_layer')
+            index = resolve_layer(student_index, len(blocks), f'{SECTION}.student_layer')
             self._student_path = f'{path}.{index}'
+        self._packed = student_masks_documents(state.model)
 
+        width_t = layer_widths(config, [self._teacher_layer_index], SECTION)[self._teacher_layer_index]
+        self._teacher_width = width_t
         width_s = student_hidden_size(state.model)
-        if self.projection == 'none' and width_s != shape.hidden_size:
+        if self.projection == 'none' and width_s != width_t:
             raise ValueError(
-                f'algorithms.let.projection=none needs equal widths, but the student is {width_s} wide and the '
-                f'teacher {shape.hidden_size}. Use projection: interpolate (the paper) or linear.',
+                f'{SECTION}.projection=none needs equal widths, but the student is {width_s} wide and the '
+                f'teacher block {self._teacher_layer_index} {width_t}. Use projection: interpolate (the paper), '
+                'pool or linear.',
             )
         if self.projection == 'linear':
-            self._add_projection(state, width_s, shape.hidden_size)
+            self._add_projection(state, width_s, width_t)
         log.info(
-            'LET: teacher %s block %d -> student %s, λ0=%s until %s (%s).',
+            'LET: teacher %s block %d (%d wide) -> student %s (%d wide), λ0=%s until %s (%s).',
             self._teacher_path,
             self._teacher_layer_index,
+            width_t,
             self._student_path,
+            width_s,
             self.lambda0,
             self.stop,
             self.schedule,
@@ -255,93 +266,119 @@ class LET(Algorithm):
             self._projection = nn.Linear(width_s, width_t, bias=False).to(device)
         state.model.let_projection = self._projection
         if not state.optimizers:
-            raise ValueError('algorithms.let.projection=linear needs an optimizer to train the projection.')
+            raise ValueError(f'{SECTION}.projection=linear needs an optimizer to train the projection.')
         optimizer = state.optimizers[0] if isinstance(state.optimizers, (list, tuple)) else state.optimizers
         optimizer.add_param_group({'params': list(self._projection.parameters())})
 
     def _start(self, state: State) -> None:
-        device = state.device._device
-        shape = self._teacher_shape
-        self._runner = acquire_teacher(
+        layers = {self._teacher_layer_index: self._teacher_width}
+        if self.ce_tokens:
+            layers.setdefault(self._final_layer, -1)  # the final-norm state feeds the LM head of let/teacher_ce
+        self._runner = start_teacher(
             self._teacher_path,
             DTYPES[self.teacher_dtype],
-            device,
-            shape.num_layers,
+            state_device(state),
+            self._shape.num_layers,
+            layers,
             owner=state,
+            key=f'{SECTION}.teacher',
         )
-        self._runner.request(self._teacher_layer_index)
-        probe = torch.zeros(1, 2, dtype=torch.long, device=device)
-        width = self._runner(probe)[self._teacher_layer_index].shape[-1]
-        if width != self._teacher_shape.hidden_size:
-            raise ValueError(
-                f'algorithms.let.teacher={self.teacher!r}: block {self._teacher_layer_index} is {width} wide, '
-                f'its config says {self._teacher_shape.hidden_size}.',
-            )
-        target = find_module(state.model, self._student_path, key='algorithms.let.student_module')
-        self._hook = target.register_forward_hook(self._capture)
+        self._head = self._runner.model.get_output_embeddings() if self.ce_tokens else None
+        self._guard = BatchGuard(self._shape, SECTION)
+        target = find_module(state.model, self._student_path, key=f'{SECTION}.student_module')
         if self._projection is not None:
             # FSDP1 swaps in its wrapper; DDP (wrapped after INIT) hides the attribute behind ``module.``
             self._projection = find_module(state.model, 'let_projection', key='let_projection')
+        self._capture = OutputCapture(target, transform=self._watch)
         self.active = True
 
-    def _capture(self, module: nn.Module, args: Any, output: Any) -> None:
-        """Keep the block's first output of this microbatch; returning None leaves the output as is."""
-        if not self._armed or self._student_hidden is not None:
-            return
-        hidden = output[0] if isinstance(output, (tuple, list)) else output
-        if self._projection is not None:
-            hidden = self._projection(hidden)  # inside the forward, where FSDP has the weight gathered
-        self._student_hidden = hidden
+    def _watch(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The student's hooked output as the alignment sees it: gradient-probed, then projected."""
+        watched = self._probe.watch(hidden)
+        return watched if self._projection is None else self._projection(watched)
 
     def _run_teacher(self, batch: Any) -> None:
-        input_ids = batch['input_ids']
-        mask = batch.get('attention_mask')
-        if input_ids.shape[1] > self._checked_length:
-            self._check_batch(input_ids)
-        self._teacher_hidden = self._runner(input_ids, mask)[self._teacher_layer_index]  # type: ignore[misc]
-
-    def _check_batch(self, input_ids: torch.Tensor) -> None:
-        check_input_ids(input_ids, self._teacher_shape)
-        self._checked_length = input_ids.shape[1]
+        assert self._runner is not None and self._guard is not None
+        inputs = teacher_inputs(batch, self._packed)
+        self._guard.check(inputs['input_ids'])
+        outputs = self._runner(**inputs)
+        self._teacher_hidden = outputs[self._teacher_layer_index]
+        self._teacher_final = outputs.get(self._final_layer) if self.ce_tokens else None
 
     def _add_alignment(self, state: State) -> None:
         if self.active:
-            if self._student_hidden is None or self._teacher_hidden is None:
+            student = self._capture.pop()  # type: ignore[union-attr]
+            if student is None or self._teacher_hidden is None:
                 raise RuntimeError(f'LET: the student module {self._student_path} did not run in this forward.')
             teacher = self._teacher_hidden
-            if self.projection == 'interpolate':
-                teacher = interpolate_width(teacher.float(), self._student_hidden.shape[-1])
+            if self.projection in RESIZES:
+                teacher = resize_width(teacher.float(), student.shape[-1], self.projection)
             mask = state.batch.get('attention_mask') if isinstance(state.batch, dict) else None
-            align, cosine = alignment_loss(self._student_hidden, teacher, mask, kind=self.loss)
-            self._teacher_finite.append(torch.isfinite(self._teacher_hidden).all())
-            self._student_hidden = self._teacher_hidden = None
-            self._cosines.append(cosine)
-            state.loss = with_extra_loss(state.loss, 'let_align', align, self.weight)
+            align, cosine = alignment_loss(student, teacher, mask, kind=self.loss)
+            stats = torch.zeros(9, device=cosine.device)
+            stats[_COS], stats[_MICROBATCHES] = cosine, 1.0
+            stats[_TEACHER_NONFINITE] = (~torch.isfinite(self._teacher_hidden).all()).float()
+            if self._teacher_final is not None:
+                stats[_TEACHER_NLL : _CE_COUNT + 1] = self._sampled_ce(state)
+            self._stats = stats if self._stats is None else self._stats + stats
+            self._teacher_hidden = self._teacher_final = None
+            state.loss = with_extra_loss(state.loss, 'let_align', align, self.align_weight)
         elif self._projection is not None and isinstance(state.model, DistributedDataParallel):
             # DDP expects a gradient for every parameter each step: give the idle projection zeros.
             idle = sum(p.sum() for p in self._projection.parameters()) * 0.0
             state.loss = with_extra_loss(state.loss, 'let_align', idle, 1.0)
 
-    def _not_finite(self, batch: int) -> str:
+    @torch.no_grad()
+    def _sampled_ce(self, state: State) -> torch.Tensor:
+        """``[teacher nll sum, student nll sum, count]`` on ``ce_tokens`` positions of this microbatch."""
+        logits = output_logits(state.outputs)
+        rows, targets = sampled_positions(state.batch['labels'], self.ce_tokens, int(state.timestamp.batch))
+        final = self._teacher_final.reshape(-1, self._teacher_final.shape[-1])  # type: ignore[union-attr]
+        teacher_nll, count = token_nll(self._head(final.index_select(0, rows)), targets)  # type: ignore[misc]
+        student_nll, _ = token_nll(logits.reshape(-1, logits.shape[-1]).index_select(0, rows), targets)
+        return torch.stack([teacher_nll, student_nll, count])
+
+    def _batch_metrics(self, batch: int) -> dict[str, float]:
+        """This batch's metrics: its statistics summed over ranks, read with one host sync."""
+        metrics = {'let/lambda': self.align_weight}
+        stats, self._stats = self._stats, None
+        grads = self._probe.take()
+        if stats is None:
+            return metrics
+        if grads is not None:
+            stats[_REST2 : _DOT + 1] = grads
+        if dist.get_world_size() > 1:
+            dist.all_reduce(stats)  # sums: every rank logs (and acts on) the same whole-batch numbers
+        values = stats.tolist()  # the one host sync per batch
+        metrics['let/cosine'] = values[_COS] / values[_MICROBATCHES]
+        if not math.isfinite(metrics['let/cosine']):
+            raise FloatingPointError(self._not_finite(batch, values[_TEACHER_NONFINITE] > 0))
+        if grads is not None:
+            metrics['let/grad_ratio'], metrics['let/grad_cos'] = gradient_stats(values[_REST2 : _DOT + 1])
+        if values[_CE_COUNT] > 0:
+            metrics['let/teacher_ce'] = values[_TEACHER_NLL] / values[_CE_COUNT]
+            metrics['let/student_ce'] = values[_STUDENT_NLL] / values[_CE_COUNT]
+        return metrics
+
+    def _not_finite(self, batch: int, teacher_nonfinite: bool) -> str:
         """Why the alignment turned inf/NaN (raised at BATCH_END, before the batch's checkpoint is written)."""
-        if not bool(torch.stack(self._teacher_finite).all()):
+        if teacher_nonfinite:
             return (
                 f"LET: the teacher's hidden states are inf/NaN in batch {batch}: {self.teacher} overflows in "
-                f'teacher_dtype={self.teacher_dtype}. Set algorithms.let.teacher_dtype: bf16 (the range of fp32) '
-                'or fp32.'
+                f'teacher_dtype={self.teacher_dtype}. Set {SECTION}.teacher_dtype: bf16 (the range of fp32) or fp32.'
             )
         return (
             f'LET: the alignment is inf/NaN in batch {batch} while the teacher is finite: the student block '
-            f'{self._student_path} diverged. Lower the learning rate or algorithms.let.lambda0.'
+            f'{self._student_path} diverged. Lower the learning rate or {SECTION}.lambda0.'
         )
 
     def _release(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
         if self._runner is not None:
-            release_teacher(self._runner)
-            self._runner = None
+            self._runner.release()
+            self._runner = self._head = None
             log.info('LET: teacher released.')
         self.active = False
-        self._student_hidden = self._teacher_hidden = None
+        self._teacher_hidden = self._teacher_final = None

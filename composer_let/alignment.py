@@ -2,7 +2,7 @@
 
 Pure tensor functions, usable without a Trainer::
 
-    h_t = interpolate_width(h_teacher, h_student.shape[-1])
+    h_t = resize_width(h_teacher, h_student.shape[-1], 'interpolate')   # or 'pool'
     loss, mean_cos = alignment_loss(h_student, h_t, mask, kind='cosine')
 """
 
@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 LOSSES = ('cosine', 'mse', 'smooth_l1')
-PROJECTIONS = ('interpolate', 'linear', 'none')
+PROJECTIONS = ('interpolate', 'pool', 'linear', 'none')
+RESIZES = ('interpolate', 'pool')
 _EPS = 1e-6
 
 
@@ -28,6 +29,29 @@ def interpolate_width(hidden: torch.Tensor, width: int) -> torch.Tensor:
     flat = hidden.reshape(-1, 1, hidden.shape[-1])
     resized = F.interpolate(flat, size=width, mode='linear', align_corners=True)
     return resized.reshape(*hidden.shape[:-1], width)
+
+
+def pool_width(hidden: torch.Tensor, width: int) -> torch.Tensor:
+    """Shrink the last dimension of ``hidden`` to ``width`` by adaptive average pooling (anti-aliased).
+
+    Each output feature is the mean of the ~``d_T / width`` teacher features it covers, so every
+    teacher feature counts; ``interpolate`` with ``d_T > width`` reads only two features per output
+    and ignores the rest (576 -> 128: at most 256 of 576). Widening (``d_T < width``) has nothing to
+    average and is the same linear interpolation as :func:`interpolate_width`.
+    """
+    if hidden.shape[-1] <= width:
+        return interpolate_width(hidden, width)
+    flat = hidden.reshape(-1, 1, hidden.shape[-1])
+    return F.adaptive_avg_pool1d(flat, width).reshape(*hidden.shape[:-1], width)
+
+
+def resize_width(hidden: torch.Tensor, width: int, mode: str) -> torch.Tensor:
+    """Parameter-free width matching: ``interpolate`` (the paper) or ``pool`` (anti-aliased when shrinking)."""
+    if mode == 'interpolate':
+        return interpolate_width(hidden, width)
+    if mode == 'pool':
+        return pool_width(hidden, width)
+    raise ValueError(f'resize mode={mode!r} is not one of {RESIZES}.')
 
 
 def alignment_loss(

@@ -29,32 +29,26 @@ from composer.core import Algorithm, Event, State, Time
 from composer.loggers import Logger
 from torch import nn
 
+from composer_let import config as cfg
 from composer_let.distill import distillation_loss, head_rescaling, next_token_mask
 from composer_let.losses import with_mixed_loss
 from composer_let.schedule import SCHEDULES, schedule_weight
 from composer_let.teacher import (
     DTYPES,
+    BatchGuard,
     TeacherRunner,
     TeacherShape,
-    acquire_teacher,
-    check_input_ids,
+    layer_widths,
     open_teacher,
-    release_teacher,
+    start_teacher,
+    state_device,
+    student_masks_documents,
+    teacher_inputs,
 )
 from composer_let.timing import before_stop_at_fit_start, parse_stop, progress_towards
 
 log = logging.getLogger(__name__)
-
-_KEYS = ('teacher', 'weight', 'temperature', 'stop', 'schedule', 'teacher_dtype', 'chunk_tokens')
-
-
-def _number(key: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bound = f'{"(" if low_open else "["}{low}, {high}{"]" if math.isfinite(high) else ")"}'
-        raise ValueError(f'algorithms.salt.{key}={value!r} must be a number in {bound}.')
-    return float(value)
+SECTION = 'algorithms.salt'
 
 
 def student_vocab_size(model: nn.Module) -> int | None:
@@ -100,34 +94,25 @@ class SALT(Algorithm):
         chunk_tokens: int = 1024,
         **unknown: Any,
     ):
-        if unknown:
-            raise ValueError(
-                f'Unknown key(s) under algorithms.salt: {", ".join(sorted(unknown))}. Valid keys: {", ".join(_KEYS)}.',
-            )
-        if not isinstance(teacher, str) or not teacher.strip():
-            raise ValueError('algorithms.salt.teacher is required: a Hugging Face hub id or a local model folder.')
-        if schedule not in SCHEDULES:
-            raise ValueError(f'algorithms.salt.schedule={schedule!r} is not one of {", ".join(SCHEDULES)}.')
-        if teacher_dtype not in DTYPES:
-            raise ValueError(f'algorithms.salt.teacher_dtype={teacher_dtype!r} is not one of {", ".join(DTYPES)}.')
-        if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
-            raise ValueError(f'algorithms.salt.chunk_tokens={chunk_tokens!r} must be a positive integer.')
-        self.teacher = teacher
-        self.weight0 = _number('weight', weight, 0.0, 1.0)
-        self.temperature = _number('temperature', temperature, 0.0, math.inf, low_open=True)
-        self.stop = parse_stop(stop, key='algorithms.salt.stop')
-        self.schedule = schedule
-        self.teacher_dtype = teacher_dtype
-        self.chunk_tokens = chunk_tokens
+        cfg.check_known(SECTION, SALT.__init__, unknown)
+        self.teacher = cfg.teacher_id(SECTION, teacher)
+        self.schedule = cfg.choice(SECTION, 'schedule', schedule, SCHEDULES)
+        self.teacher_dtype = cfg.choice(SECTION, 'teacher_dtype', teacher_dtype, tuple(DTYPES))
+        self.chunk_tokens = cfg.integer(SECTION, 'chunk_tokens', chunk_tokens, low=1)
+        self.kd_weight0 = cfg.number(SECTION, 'weight', weight, 0.0, 1.0)
+        self.temperature = cfg.number(SECTION, 'temperature', temperature, 0.0, math.inf, low_open=True)
+        self.stop = parse_stop(stop, key=f'{SECTION}.stop')
 
-        self.weight = 0.0  # ω for the current batch
+        self.kd_weight = 0.0  # ω for the current batch
         self.active = False  # teacher loaded
         self._teacher_path = ''
         self._shape: TeacherShape | None = None
+        self._final_width = -1
+        self._packed = False
         self._runner: TeacherRunner | None = None
         self._head: nn.Module | None = None
+        self._guard: BatchGuard | None = None
         self._teacher_hidden: torch.Tensor | None = None
-        self._checked_batch = False
 
     # Composer wiring -----------------------------------------------------------------
 
@@ -146,13 +131,13 @@ class SALT(Algorithm):
         if event == Event.INIT:
             self._init(state)
         elif event == Event.FIT_START and not self.active:
-            if before_stop_at_fit_start(self.stop, state, key='algorithms.salt.stop'):
+            if before_stop_at_fit_start(self.stop, state, key=f'{SECTION}.stop'):
                 self._start(state)
             else:
                 log.info('SALT: resumed at or past stop=%s; the teacher is not loaded.', self.stop)
         elif event == Event.BATCH_START:
             progress = progress_towards(self.stop, state)
-            self.weight = schedule_weight(self.schedule, self.weight0, progress)
+            self.kd_weight = schedule_weight(self.schedule, self.kd_weight0, progress)
             if self.active and progress >= 1:
                 self._release()
         elif event == Event.BEFORE_FORWARD and self.active:
@@ -160,7 +145,7 @@ class SALT(Algorithm):
         elif event == Event.AFTER_LOSS and self.active:
             self._add_distillation(state)
         elif event == Event.BATCH_END:
-            logger.log_metrics({'salt/weight': self.weight})
+            logger.log_metrics({'salt/weight': self.kd_weight})
         elif event == Event.FIT_END:
             self._release()  # a later fit() on the same Trainer loads it again if still before stop
 
@@ -168,23 +153,26 @@ class SALT(Algorithm):
 
     def _init(self, state: State) -> None:
         tokenizer = getattr(state.model, 'tokenizer', None)
-        self._teacher_path, config, self._shape = open_teacher(self.teacher, 'algorithms.salt', tokenizer)
+        self._teacher_path, config, self._shape = open_teacher(self.teacher, SECTION, tokenizer)
         transforms = head_rescaling(config)
         if transforms:
             raise ValueError(
-                f'algorithms.salt.teacher={self.teacher!r} rescales its logits outside the LM head '
+                f'{SECTION}.teacher={self.teacher!r} rescales its logits outside the LM head '
                 f'({", ".join(transforms)}), which SALT does not reproduce. Use a teacher without it (Llama, SmolLM).',
             )
         vocab_s = student_vocab_size(state.model)
         if vocab_s is not None and vocab_s < self._shape.vocab_size:
             raise ValueError(
-                f'algorithms.salt: the student has {vocab_s} logits but the teacher {self._shape.vocab_size}; '
+                f'{SECTION}: the student has {vocab_s} logits but the teacher {self._shape.vocab_size}; '
                 f'soft labels need every teacher token. Set model.vocab_size >= {self._shape.vocab_size}.',
             )
+        final = self._shape.num_layers - 1
+        self._final_width = layer_widths(config, [final], SECTION)[final]
+        self._packed = student_masks_documents(state.model)
         log.info(
             'SALT: teacher %s, ω=%s (%s) until %s, τ=%s.',
             self._teacher_path,
-            self.weight0,
+            self.kd_weight0,
             self.schedule,
             self.stop,
             self.temperature,
@@ -193,29 +181,34 @@ class SALT(Algorithm):
     def _start(self, state: State) -> None:
         shape = self._shape
         assert shape is not None
-        dtype, device = DTYPES[self.teacher_dtype], state.device._device
-        runner = acquire_teacher(self._teacher_path, dtype, device, shape.num_layers, owner=state)
+        final = shape.num_layers - 1
+        runner = start_teacher(
+            self._teacher_path,
+            DTYPES[self.teacher_dtype],
+            state_device(state),
+            shape.num_layers,
+            {final: self._final_width},  # the final-norm hidden state; the LM head runs inside the KD loss
+            owner=state,
+            key=f'{SECTION}.teacher',
+        )
         head = runner.model.get_output_embeddings()
-        if head is None or getattr(head, 'weight', None) is None or head.weight.shape[-1] != shape.hidden_size:
-            release_teacher(runner)
+        if head is None or getattr(head, 'weight', None) is None or head.weight.shape[-1] != self._final_width:
+            runner.release()
             raise ValueError(
-                f'algorithms.salt.teacher={self.teacher!r} has no LM head mapping its {shape.hidden_size}-wide final '
+                f'{SECTION}.teacher={self.teacher!r} has no LM head mapping its {self._final_width}-wide final '
                 'hidden state to logits (get_output_embeddings()); SALT needs a causal LM with one.',
             )
-        runner.request(shape.num_layers - 1)  # the final-norm hidden state; the head runs inside the KD loss
         self._runner, self._head = runner, head
+        self._guard = BatchGuard(shape, SECTION)
         self.active = True
 
     def _run_teacher(self, batch: Any) -> None:
-        input_ids = batch['input_ids']
-        if not self._checked_batch:
-            assert self._shape is not None
-            check_input_ids(input_ids, self._shape)
-            if 'labels' not in batch:
-                raise ValueError('algorithms.salt needs a causal-LM batch with labels (llm-foundry text loaders).')
-            self._checked_batch = True
-        hidden = self._runner(input_ids, batch.get('attention_mask'))  # type: ignore[misc]
-        self._teacher_hidden = hidden[self._shape.num_layers - 1]  # type: ignore[union-attr]
+        assert self._runner is not None and self._guard is not None and self._shape is not None
+        if 'labels' not in batch:
+            raise ValueError(f'{SECTION} needs a causal-LM batch with labels (llm-foundry text loaders).')
+        inputs = teacher_inputs(batch, self._packed)
+        self._guard.check(inputs['input_ids'])
+        self._teacher_hidden = self._runner(**inputs)[self._shape.num_layers - 1]
 
     def _add_distillation(self, state: State) -> None:
         if self._teacher_hidden is None:
@@ -230,11 +223,11 @@ class SALT(Algorithm):
             chunk_tokens=self.chunk_tokens,
         )
         self._teacher_hidden = None
-        state.loss = with_mixed_loss(state.loss, 'salt_kd', kd, self.weight)
+        state.loss = with_mixed_loss(state.loss, 'salt_kd', kd, self.kd_weight)
 
     def _release(self) -> None:
         if self._runner is not None:
-            release_teacher(self._runner)
+            self._runner.release()
             self._runner = self._head = None
             log.info('SALT: teacher released.')
         self.active = False

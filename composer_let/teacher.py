@@ -6,10 +6,12 @@ the optimizer and not in checkpoints. Each rank holds its own replica.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,19 +48,27 @@ def resolve_teacher(teacher: str) -> str:
     def download() -> str:
         return snapshot_download(teacher, allow_patterns=['*.json', '*.safetensors', '*.model', '*.txt', '*.bin'])
 
-    try:
-        if dist.get_local_rank() == 0:
-            local = download()
-            dist.barrier()
-        else:
-            dist.barrier()
-            local = download()
-    except Exception as e:
-        raise TeacherError(
+    def failure(e: Exception) -> str:
+        return (
             f'teacher={teacher!r} is neither a local folder nor a downloadable hub model ({type(e).__name__}: {e}). '
-            'Offline, point teacher at a local folder (scripts/prepare_teacher.py writes one).',
-        ) from e
-    return local
+            'Offline, point teacher at a local folder (scripts/prepare_teacher.py writes one).'
+        )
+
+    # Local rank 0 downloads first; every rank then learns whether any node's download failed, so a
+    # failure raises on every rank with its reason instead of leaving the others at a barrier.
+    error = ''
+    if dist.get_local_rank() == 0:
+        try:
+            download()
+        except Exception as e:
+            error = failure(e)
+    errors = [e for e in dist.all_gather_object(error) if e]
+    if errors:
+        raise TeacherError(errors[0])
+    try:
+        return download()  # from the local cache now
+    except Exception as e:
+        raise TeacherError(failure(e)) from e
 
 
 def load_teacher_config(path: str, key: str = 'teacher') -> PretrainedConfig:
@@ -164,8 +174,74 @@ def check_input_ids(input_ids: torch.Tensor, shape: TeacherShape) -> None:
         )
 
 
+class BatchGuard:
+    """Checks batches against the teacher (:func:`check_input_ids`) whenever their length grows.
+
+    The check reads the largest id (a host sync), so it runs on the first batch and again only
+    when sequences get longer (``seq_length_warmup``), not on every batch.
+    """
+
+    def __init__(self, shape: TeacherShape, section: str):
+        self.shape, self.section, self.length = shape, section, 0
+
+    def check(self, input_ids: torch.Tensor) -> None:
+        if input_ids.shape[1] > self.length:
+            try:
+                check_input_ids(input_ids, self.shape)
+            except ValueError as e:
+                raise ValueError(f'{self.section}: {e}') from None
+            self.length = input_ids.shape[1]
+
+
+def student_masks_documents(model: nn.Module) -> bool:
+    """Whether the student attends within documents only (llm-foundry MPT with ``attn_uses_sequence_id``).
+
+    Hugging Face students in llm-foundry drop ``sequence_id`` and attend across packed documents.
+    """
+    return any(getattr(m, 'attn_uses_sequence_id', False) is True for m in model.modules())
+
+
+def teacher_inputs(batch: Any, packed: bool) -> dict[str, Any]:
+    """The teacher's inputs for a training batch: ids, padding mask, and ``sequence_id`` when ``packed``."""
+    inputs = {'input_ids': batch['input_ids'], 'attention_mask': batch.get('attention_mask')}
+    if packed:
+        if batch.get('sequence_id') is None:
+            raise ValueError(
+                'The student attends within documents (attn_uses_sequence_id) but the batch has no sequence_id; '
+                'set train_loader.dataset.eos_token_id so the loader marks document boundaries.',
+            )
+        inputs['sequence_id'] = batch['sequence_id']
+    return inputs
+
+
+def state_device(state: Any) -> torch.device:
+    """The device a Composer run trains on."""
+    return state.device.tensor_to_device(torch.empty(0)).device
+
+
 class _Stop(Exception):
     """Raised by a capture hook to skip the teacher's blocks after the last one needed."""
+
+
+def packed_attention(sequence_id: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A block-diagonal causal mask and per-document position ids for rows packed with several documents.
+
+    ``sequence_id`` is ``(batch, seq)``, constant within a document (llm-foundry's ``sequence_id``;
+    padding may be ``-1``). Returns the additive ``(batch, 1, seq, seq)`` mask Hugging Face decoders
+    take as a 4-D ``attention_mask`` (0 where a token may attend, the dtype's minimum elsewhere) and
+    ``(batch, seq)`` position ids that restart at 0 at each document's first token, so the teacher
+    computes on every document exactly what it would on that document alone.
+    """
+    seq = sequence_id.shape[1]
+    positions = torch.arange(seq, device=sequence_id.device)
+    same = sequence_id[:, :, None] == sequence_id[:, None, :]
+    allowed = same & (positions[None, :, None] >= positions[None, None, :])
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=sequence_id.device)
+    mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    starts = torch.ones_like(sequence_id, dtype=torch.bool)
+    starts[:, 1:] = sequence_id[:, 1:] != sequence_id[:, :-1]
+    first = torch.where(starts, positions[None].expand_as(sequence_id), torch.zeros_like(sequence_id))
+    return mask, positions[None] - first.cummax(dim=1).values
 
 
 class TeacherRunner:
@@ -188,28 +264,34 @@ class TeacherRunner:
         self._blocks: nn.ModuleList | None = None
         self._captured: dict[int, torch.Tensor] = {}
         self._handles: list[Any] = []
-        self._hooked: frozenset[int] = frozenset()
-        self._cache_key: torch.Tensor | None = None
+        self._hooked: tuple[frozenset[int], bool] = (frozenset(), False)
+        self._cache_key: tuple[torch.Tensor | None, ...] | None = None
         self._cache: dict[int, torch.Tensor] = {}
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     def request(self, layer: int) -> None:
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f'Teacher layer {layer} is out of range 0..{self.num_layers - 1}.')
         self.layers.add(layer)
 
     def _hook_layers(self) -> None:
         wanted = frozenset(i for i in self.layers if i != self.num_layers - 1)
-        if wanted == self._hooked:
+        final_needed = self.num_layers - 1 in self.layers
+        if (wanted, final_needed) == self._hooked:
             return
         for handle in self._handles:
             handle.remove()
         if self._blocks is None and wanted:
             _, self._blocks = find_block_list(self.model)
         deepest = max(wanted, default=-1)
-        final_needed = self.num_layers - 1 in self.layers
         self._handles = [
             self._blocks[i].register_forward_hook(self._capturer(i, stop=i == deepest and not final_needed))
             for i in sorted(wanted)
         ]
-        self._hooked = wanted
+        self._hooked = (wanted, final_needed)
 
     def _capturer(self, layer: int, stop: bool):
         def capture(module: nn.Module, args: object, output: object) -> None:
@@ -219,30 +301,103 @@ class TeacherRunner:
 
         return capture
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
-        """Return ``{layer: (batch, seq, width)}`` for every requested layer."""
-        if input_ids is self._cache_key:
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        sequence_id: torch.Tensor | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """Return ``{layer: (batch, seq, width)}`` for every requested layer.
+
+        ``sequence_id`` (rows packed with several documents): the teacher attends within each
+        document only and its positions restart per document (:func:`packed_attention`).
+        """
+        key = (input_ids, attention_mask, sequence_id)
+        if self._cache_key is not None and all(a is b for a, b in zip(key, self._cache_key, strict=True)):
             return self._cache
         self._hook_layers()
         self._captured = {}
+        kwargs: dict[str, Any] = {'input_ids': input_ids, 'attention_mask': attention_mask, 'use_cache': False}
+        if sequence_id is not None:
+            mask, positions = packed_attention(sequence_id, self.dtype)
+            if attention_mask is not None:  # padding keys stay masked
+                keep = attention_mask.bool()[:, None, None, :]
+                mask = mask.masked_fill(~keep, torch.finfo(mask.dtype).min)
+            kwargs.update(attention_mask=mask, position_ids=positions)
         # inference_mode skips autograd's version counters: ~10% off the teacher forward on CPU
         # (bench/README.md). Its outputs cannot be saved for the student's backward, hence the clone.
         with torch.inference_mode():
             try:
-                out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                out = self.backbone(**kwargs)
                 self._captured[self.num_layers - 1] = out.last_hidden_state
             except _Stop:
                 pass
         self.forwards += 1
-        self._cache_key, self._cache = input_ids, {i: self._captured[i].clone() for i in self.layers}
+        self._cache_key, self._cache = key, {i: self._captured[i].clone() for i in self.layers}
         self._captured = {}
         return self._cache
+
+    def widths(self, device: torch.device | str) -> dict[int, int]:
+        """Width of every requested layer, from a 2-token forward.
+
+        The probe goes through the packed-document path (an explicit 4-D mask and position ids),
+        which also spares weightless (fake) tensors the data-dependent mask checks of some models.
+        """
+        probe = torch.zeros(1, 2, dtype=torch.long, device=device)
+        try:
+            outputs = self(probe, sequence_id=torch.zeros_like(probe))
+        except Exception:  # a model without 4-D masks (GPT-2): the plain path
+            outputs = self(probe)
+        self._cache_key, self._cache = None, {}
+        return {layer: int(hidden.shape[-1]) for layer, hidden in outputs.items()}
+
+    def release(self) -> None:
+        """Drop this user of a pooled runner (see :func:`acquire_teacher`)."""
+        release_teacher(self)
 
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
-        self._handles, self._hooked = [], frozenset()
+        self._handles, self._hooked = [], (frozenset(), False)
         self._cache_key, self._cache = None, {}
+
+
+@contextlib.contextmanager
+def shapes_only() -> Iterator[None]:
+    """Tensors inside carry shapes and dtypes but no storage: models of any size build and run for free.
+
+    (Meta tensors alone do not run Hugging Face forwards: ``torch.autocast`` refuses the meta device.)
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        yield
+
+
+def teacher_skeleton(config: PretrainedConfig) -> nn.Module:
+    """The teacher built from its config inside :func:`shapes_only`: no weights are allocated."""
+    return AutoModelForCausalLM.from_config(config).eval().requires_grad_(False)
+
+
+def layer_widths(config: PretrainedConfig, layers: list[int], key: str) -> dict[int, int]:
+    """Widths of the teacher's ``layers`` read off a forward of its meta-device skeleton.
+
+    The config's ``hidden_size`` is not always a layer's width: OPT-350m's blocks are 1024 wide
+    and its final output 512 (``word_embed_proj_dim``).
+    """
+    try:
+        with shapes_only():
+            runner = TeacherRunner(teacher_skeleton(config), int(config.num_hidden_layers))
+            for layer in layers:
+                runner.request(layer)
+            widths = runner.widths('cpu')
+            runner.close()
+            return widths
+    except Exception as e:
+        raise ValueError(
+            f'{key}: cannot run a weightless copy of the teacher ({config.model_type}) to read its layer widths '
+            f'({type(e).__name__}: {e}).',
+        ) from e
 
 
 _POOL: weakref.WeakKeyDictionary[object, dict[tuple[str, torch.dtype, str], TeacherRunner]] = (
@@ -285,3 +440,34 @@ def release_teacher(runner: TeacherRunner) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def start_teacher(
+    path: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    num_layers: int,
+    widths: dict[int, int],
+    owner: object,
+    key: str,
+) -> TeacherRunner:
+    """Acquire the teacher (:func:`acquire_teacher`), request ``widths``' layers and check their real widths.
+
+    ``widths`` maps block index to the width expected from the weightless probe at INIT (``-1``:
+    any). On any error the runner is released again, so a failed start never keeps a teacher loaded.
+    """
+    runner = acquire_teacher(path, dtype, device, num_layers, owner=owner)
+    try:
+        for layer in widths:
+            runner.request(layer)
+        measured = runner.widths(device)
+        for layer, expected in widths.items():
+            if expected >= 0 and measured[layer] != expected:
+                raise ValueError(
+                    f'{key}={path!r}: block {layer} of the loaded teacher is {measured[layer]} wide, its config '
+                    f'says {expected}. The weights do not match the config.',
+                )
+    except BaseException:
+        runner.release()
+        raise
+    return runner

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from composer_let.corpus import (
+from composer_let.prep.corpus import (
     STDLIB,
     CorpusError,
     expand_inputs,

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from composer_let.teacher_prep import SMOLLM2, TeacherPrepError, default_check_text, prepare_teacher
+from composer_let.prep.teacher_prep import SMOLLM2, TeacherPrepError, default_check_text, prepare_teacher
 
 
 def main(argv: list[str] | None = None) -> int:

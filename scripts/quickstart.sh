@@ -8,4 +8,4 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY=$(bash "$root/scripts/env.sh" | tail -n 1)
 cd "$root"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
-exec "$PY" -m composer_let.quickstart "$@"
+exec "$PY" -m composer_let.prep.quickstart "$@"

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from composer_let.selection import SelectionError, select_data
+from composer_let.prep.selection import SelectionError, select_data
 from composer_let.teacher import TeacherError
 
 

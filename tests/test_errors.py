@@ -8,7 +8,7 @@ import pytest
 from transformers import ViTConfig
 
 from composer_let import LET
-from composer_let.tiny import build_tokenizer, save_llama, stdlib_texts, write_token_shards
+from composer_let.prep.tiny import build_tokenizer, save_llama, stdlib_texts, write_token_shards
 
 
 @pytest.mark.parametrize(
@@ -21,7 +21,7 @@ from composer_let.tiny import build_tokenizer, save_llama, stdlib_texts, write_t
         ({'teacher': 't', 'projection': 'mlp'}, r"algorithms\.let\.projection='mlp' is not one of interpolate"),
         ({'teacher': 't', 'loss': 'kl'}, r"algorithms\.let\.loss='kl' is not one of cosine"),
         ({'teacher': 't', 'teacher_dtype': 'int8'}, r"algorithms\.let\.teacher_dtype='int8' is not one of bf16"),
-        ({'teacher': 't', 'lambda0': -0.1}, r'algorithms\.let\.lambda0=-0\.1 must be a finite number >= 0'),
+        ({'teacher': 't', 'lambda0': -0.1}, r'algorithms\.let\.lambda0=-0\.1 must be a number in \[0\.0, inf\)'),
         ({'teacher': 't', 'lambda0': float('nan')}, r'algorithms\.let\.lambda0=nan'),
         ({'teacher': 't', 'stop': 'soon'}, r"algorithms\.let\.stop='soon' cannot be parsed"),
         ({'teacher': 't', 'stop': '0ba'}, r"algorithms\.let\.stop='0ba' must be > 0"),
@@ -85,7 +85,7 @@ def test_layer_out_of_range(failing_run, override: str, match: str) -> None:
 
 def test_projection_none_with_unequal_widths(failing_run) -> None:
     failing_run(
-        r'projection=none needs equal widths.*student is 64 wide and the teacher 32', 'algorithms.let.projection=none'
+        r'projection=none needs equal widths.*student is 64 wide and the teacher block 1 32', 'algorithms.let.projection=none'
     )
 
 

@@ -86,7 +86,7 @@ def test_lambda_reaches_zero_and_teacher_is_released(train) -> None:
     assert values(trainer, 'let/lambda') == pytest.approx([0.1, 0.05, 0.0, 0.0])
     assert len(values(trainer, 'loss/train/let_align')) == 2  # no alignment term once λ is 0
     let = let_of(trainer)
-    assert not let.active and let._runner is None and let._hook is None
+    assert not let.active and let._runner is None and let._capture is None
     assert TeacherProbe.ref is not None
     gc.collect()
     assert TeacherProbe.ref() is None  # nothing holds the teacher's weights any more

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from composer_let.teacher_prep import (
+from composer_let.prep.teacher_prep import (
     MANIFEST,
     SMOLLM2,
     GGUFTokens,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from composer_let.quickstart import main
+from composer_let.prep.quickstart import main
 
 from conftest import ICL_TASKS, SHARED_DATA, icl_subset
 

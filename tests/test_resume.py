@@ -73,7 +73,7 @@ def test_preempted_run_resumes_exactly_and_after_stop_never_loads_the_teacher(
     def refuse(*args, **kwargs):
         raise AssertionError('the teacher was loaded although the run resumed after stop')
 
-    monkeypatch.setattr(composer_let.algorithm, 'acquire_teacher', refuse)
+    monkeypatch.setattr(composer_let.algorithm, 'start_teacher', refuse)
     late = train('mpt-let', *RUN, f'load_path={tmp_path}/full/ep0-ba5-rank0.pt')
     let = let_of(late)
     assert let._runner is None and not let.active

@@ -125,7 +125,7 @@ def test_fp16_teacher_overflow_stops_with_a_clear_error(train, assets, tmp_path:
 
 def test_sequences_longer_than_the_teachers_positions_fail_before_any_step(train, assets, tmp_path: Path) -> None:
     teacher = tmp_path / 'short'
-    from composer_let.tiny import save_llama
+    from composer_let.prep.tiny import save_llama
 
     save_llama(teacher, AutoTokenizer.from_pretrained(assets['teacher']), hidden=32, layers=2, max_positions=32)
     CountBatches.started = -1

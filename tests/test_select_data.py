@@ -1,4 +1,4 @@
-"""SALT_DS (composer_let.selection, scripts/select_data.py): scores by hand, then real text to trainable shards."""
+"""SALT_DS (composer_let.prep.selection, scripts/select_data.py): scores by hand, then real text to trainable shards."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from composer_let.selection import SelectionError, choose, sequence_scores
+from composer_let.prep.selection import SelectionError, choose, sequence_scores
 
 from conftest import ROOT, SEQ_LEN, SHARED_DATA, in_memory
 
@@ -88,7 +88,7 @@ def real_text_mds(assets, tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f'{TEXT} is absent (the shared data folder beside the repository; see its README)')
     from transformers import AutoTokenizer
 
-    from composer_let.tiny import write_token_shards
+    from composer_let.prep.tiny import write_token_shards
 
     text = TEXT.read_text(encoding='utf-8')[:40_000]
     docs = [d for d in text.split('\n \n') if d.strip()]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from composer_let.corpus import pack_rows
+from composer_let.prep.corpus import pack_rows
 
 EOS = '<|endoftext|>'
 

