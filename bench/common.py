@@ -142,21 +142,6 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    n = len(ordered)
-    if not n:
-        return float('nan')
-    return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
-
-
-def quartiles(values: list[float]) -> tuple[float, float]:
-    ordered = sorted(values)
-    if not ordered:
-        return float('nan'), float('nan')
-    return ordered[len(ordered) // 4], ordered[(3 * len(ordered)) // 4]
-
-
 def peak_rss_mb() -> float:
     import resource
 

@@ -23,6 +23,7 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,10 +36,8 @@ from common import (
     count_flops,
     current_rss_mb,
     machine_facts,
-    median,
     param_counts,
     peak_rss_mb,
-    quartiles,
     write_json,
 )
 
@@ -138,6 +137,11 @@ def _child(conn: Any, arm: str, family: str, overrides: list[str], threads: int)
     _CONN = conn
     import torch
 
+    if arm != 'baseline' and not parse_arm(arm)['probe']:
+        from composer_let.diagnostics import GradientProbe
+
+        GradientProbe.watch = lambda self, hidden: hidden  # type: ignore[method-assign]
+
     torch.set_num_threads(threads)
     from llmfoundry.command_utils import train_from_yaml
     from llmfoundry.registry import callbacks
@@ -167,13 +171,40 @@ def _overrides(cfg: dict, family: str, arm: str, assets: dict[str, Path], total:
     if family == 'mpt':
         args.append(f'variables.vocab_size={cfg["vocab"]}')
     if arm != 'baseline':
-        dtype = arm.split('-', 1)[1]
+        spec = parse_arm(arm)
         args += [
             f'algorithms.let.teacher={assets["teacher"]}',
             f'algorithms.let.stop={stop}ba',
-            f'algorithms.let.teacher_dtype={dtype}',
+            f'algorithms.let.teacher_dtype={spec["dtype"]}',
+            *(f'algorithms.let.{k}={v}' for k, v in spec['let'].items()),
         ]
     return args
+
+
+def parse_arm(arm: str) -> dict[str, Any]:
+    """``let-<dtype>[-ce<N>][-noprobe]``: teacher dtype, ``ce_tokens`` (default: LET's), gradient probe off.
+
+    ``-noprobe`` replaces LET's gradient probe by the identity in that arm's process only, so the
+    per-turn ratio against the same arm with the probe is the probe's cost in real steps.
+    """
+    parts = arm.split('-')
+    if parts[0] != 'let' or len(parts) < 2 or parts[1] not in ('fp32', 'bf16', 'fp16'):
+        raise ValueError(f'overhead: arm {arm!r} is not let-<fp32|bf16|fp16>[-ce<N>][-noprobe].')
+    spec: dict[str, Any] = {'dtype': parts[1], 'let': {}, 'probe': True}
+    for part in parts[2:]:
+        if part.startswith('ce') and part[2:].isdigit():
+            spec['let']['ce_tokens'] = int(part[2:])
+        elif part == 'noprobe':
+            spec['probe'] = False
+        else:
+            raise ValueError(f'overhead: arm {arm!r}: unknown part {part!r}.')
+    return spec
+
+
+def ratio_summary(ratios: list[float]) -> dict[str, float]:
+    """Median and quartiles of per-turn step-time ratios."""
+    q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    return {'median': median, 'q1': q1, 'q3': q3, 'n': len(ratios)}
 
 
 def interleaved(cfg: dict, family: str, arms: list[str], assets: dict[str, Path], threads: int) -> dict[str, Any]:
@@ -222,12 +253,16 @@ def interleaved(cfg: dict, family: str, arms: list[str], assets: dict[str, Path]
         }
         for name, window in windows.items():
             step_times = [times[arm][i] for i in window]
-            summary[f'median_step_s_{name}'] = median(step_times)
-            summary[f'tokens_per_s_{name}'] = tokens / median(step_times)
+            summary[f'median_step_s_{name}'] = statistics.median(step_times)
+            summary[f'tokens_per_s_{name}'] = tokens / statistics.median(step_times)
             if arm != 'baseline':
-                ratios = [times[arm][i] / base[i] for i in window]
-                low, high = quartiles(ratios)
-                summary[f'ratio_{name}'] = {'median': median(ratios), 'q1': low, 'q3': high, 'n': len(ratios)}
+                summary[f'ratio_{name}'] = ratio_summary([times[arm][i] / base[i] for i in window])
+        # Against every other LET arm, per turn, while the teacher is active (e.g. the probe's own cost).
+        summary['ratio_teacher_active_vs'] = {
+            other: ratio_summary([times[arm][i] / times[other][i] for i in windows['teacher_active']])
+            for other in arms
+            if other not in (arm, 'baseline') and arm != 'baseline'
+        }
         out[arm] = summary
     flops = {k: v for f in facts.values() for k, v in f.items() if k.endswith('flops') or k.endswith('params')}
     out['counts'] = flops
@@ -305,6 +340,7 @@ def profile_components(cfg: dict, assets: dict[str, Path], reps: int) -> dict[st
                 dt = time.perf_counter() - t0
             if rep:  # the first pass is warm-up
                 samples[name].append(dt)
+    median = statistics.median
     ref = median(samples['student_fwd_bwd'])
     with torch.no_grad():
         teacher_flops = count_flops(lambda: teachers['float32'].base_model(input_ids=ids, use_cache=False))
@@ -360,6 +396,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--families', default='llama,mpt', help='comma list of llama, mpt')
     parser.add_argument('--dtypes', default='fp32,bf16', help='teacher dtypes to time, comma list of fp32, bf16, fp16')
+    parser.add_argument(
+        '--extra-arms', default='', help='more LET arms, e.g. let-fp32-ce0,let-fp32-noprobe (see parse_arm)'
+    )
     parser.add_argument('--rounds', type=int, help='timed steps while the teacher is active')
     parser.add_argument('--after', type=int, help='timed steps after S_stop')
     parser.add_argument('--threads', type=int, default=None, help="torch threads per process (default: torch's)")
@@ -390,7 +429,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     result: dict[str, Any] = {'config': cfg, 'threads_per_process': threads, 'machine_start': machine_facts()}
     assets = build_assets(cfg, cache)
-    arms = ['baseline', *(f'let-{d}' for d in dtypes)]
+    arms = ['baseline', *(f'let-{d}' for d in dtypes), *filter(None, args.extra_arms.split(','))]
+    for arm in arms[1:]:
+        parse_arm(arm)
     t0 = time.time()
     for family in families:
         print(f'overhead: {family}: {", ".join(arms)} in lockstep ...', flush=True)

@@ -209,7 +209,19 @@ class LET(Algorithm):
     # Steps ---------------------------------------------------------------------------
 
     def _init(self, state: State) -> None:
-        tokenizer = getattr(state.model, 'tokenizer', None)
+        wiring = self.check(state.model)
+        if self.projection == 'linear':
+            self._add_projection(state, wiring['student_width'], wiring['teacher_width'])
+        log.info('LET: %s', wiring)
+
+    def check(self, model: nn.Module) -> dict[str, Any]:
+        """INIT's checks against the student ``model``, with no side effect on it; returns the wiring.
+
+        Resolves the teacher (config and tokenizer against ``model.tokenizer``), the two layers
+        and their widths (the teacher's from a weightless forward), and whether the student attends
+        within documents. ``scripts/estimate.py`` calls this on a weightless student.
+        """
+        tokenizer = getattr(model, 'tokenizer', None)
         self._teacher_path, config, shape = open_teacher(self.teacher, SECTION, tokenizer)
         default_teacher, _ = strategy_layers(self.strategy, shape.num_layers, 1)
         teacher_index = default_teacher if self.teacher_layer is None else self.teacher_layer
@@ -223,38 +235,41 @@ class LET(Algorithm):
         self._shape = shape
 
         if self.student_module is not None:
-            find_module(state.model, self.student_module, key=f'{SECTION}.student_module')
+            find_module(model, self.student_module, key=f'{SECTION}.student_module')
             self._student_path = self.student_module
+            num_blocks = None
         else:
-            path, blocks = find_block_list(state.model)
-            _, default_student = strategy_layers(self.strategy, shape.num_layers, len(blocks))
+            path, blocks = find_block_list(model)
+            num_blocks = len(blocks)
+            _, default_student = strategy_layers(self.strategy, shape.num_layers, num_blocks)
             student_index = default_student if self.student_layer is None else self.student_layer
-            index = resolve_layer(student_index, len(blocks), f'{SECTION}.student_layer')
+            index = resolve_layer(student_index, num_blocks, f'{SECTION}.student_layer')
             self._student_path = f'{path}.{index}'
-        self._packed = student_masks_documents(state.model)
+        self._packed = student_masks_documents(model)
 
         width_t = layer_widths(config, [self._teacher_layer_index], SECTION)[self._teacher_layer_index]
         self._teacher_width = width_t
-        width_s = student_hidden_size(state.model)
+        width_s = student_hidden_size(model)
         if self.projection == 'none' and width_s != width_t:
             raise ValueError(
                 f'{SECTION}.projection=none needs equal widths, but the student is {width_s} wide and the '
                 f'teacher block {self._teacher_layer_index} {width_t}. Use projection: interpolate (the paper), '
                 'pool or linear.',
             )
-        if self.projection == 'linear':
-            self._add_projection(state, width_s, width_t)
-        log.info(
-            'LET: teacher %s block %d (%d wide) -> student %s (%d wide), λ0=%s until %s (%s).',
-            self._teacher_path,
-            self._teacher_layer_index,
-            width_t,
-            self._student_path,
-            width_s,
-            self.lambda0,
-            self.stop,
-            self.schedule,
-        )
+        return {
+            'teacher': self._teacher_path,
+            'teacher_layers': shape.num_layers,
+            'teacher_layer': self._teacher_layer_index,
+            'teacher_width': width_t,
+            'student_module': self._student_path,
+            'student_blocks': num_blocks,
+            'student_width': width_s,
+            'packed_documents': self._packed,
+            'lambda0': self.lambda0,
+            'stop': str(self.stop),
+            'schedule': self.schedule,
+            'projection': self.projection,
+        }
 
     def _add_projection(self, state: State, width_s: int, width_t: int) -> None:
         """Put a learned ``d_S -> d_T`` map on the model so DDP/FSDP, the optimizer and checkpoints see it."""

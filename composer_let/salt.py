@@ -152,7 +152,11 @@ class SALT(Algorithm):
     # Steps ---------------------------------------------------------------------------
 
     def _init(self, state: State) -> None:
-        tokenizer = getattr(state.model, 'tokenizer', None)
+        log.info('SALT: %s', self.check(state.model))
+
+    def check(self, model: nn.Module) -> dict[str, Any]:
+        """INIT's checks against the student ``model`` (teacher config, tokenizer, vocabularies, widths)."""
+        tokenizer = getattr(model, 'tokenizer', None)
         self._teacher_path, config, self._shape = open_teacher(self.teacher, SECTION, tokenizer)
         transforms = head_rescaling(config)
         if transforms:
@@ -160,7 +164,7 @@ class SALT(Algorithm):
                 f'{SECTION}.teacher={self.teacher!r} rescales its logits outside the LM head '
                 f'({", ".join(transforms)}), which SALT does not reproduce. Use a teacher without it (Llama, SmolLM).',
             )
-        vocab_s = student_vocab_size(state.model)
+        vocab_s = student_vocab_size(model)
         if vocab_s is not None and vocab_s < self._shape.vocab_size:
             raise ValueError(
                 f'{SECTION}: the student has {vocab_s} logits but the teacher {self._shape.vocab_size}; '
@@ -168,15 +172,19 @@ class SALT(Algorithm):
             )
         final = self._shape.num_layers - 1
         self._final_width = layer_widths(config, [final], SECTION)[final]
-        self._packed = student_masks_documents(state.model)
-        log.info(
-            'SALT: teacher %s, ω=%s (%s) until %s, τ=%s.',
-            self._teacher_path,
-            self.kd_weight0,
-            self.schedule,
-            self.stop,
-            self.temperature,
-        )
+        self._packed = student_masks_documents(model)
+        return {
+            'teacher': self._teacher_path,
+            'teacher_layers': self._shape.num_layers,
+            'teacher_width': self._final_width,
+            'teacher_vocab': self._shape.vocab_size,
+            'student_vocab': vocab_s,
+            'packed_documents': self._packed,
+            'weight': self.kd_weight0,
+            'temperature': self.temperature,
+            'stop': str(self.stop),
+            'schedule': self.schedule,
+        }
 
     def _start(self, state: State) -> None:
         shape = self._shape

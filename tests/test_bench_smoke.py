@@ -20,7 +20,7 @@ def _bench(name: str):
 
 
 def test_speedup_reads_steps_to_the_baseline_final_loss() -> None:
-    convergence = _bench('convergence')
+    convergence = _bench('analysis')
     baseline = [{'step': s, 'train_s': 2.0 * s, 'loss': loss} for s, loss in ((10, 5.0), (20, 4.0), (30, 3.0))]
     faster = [{'step': s, 'train_s': 3.0 * s, 'loss': loss} for s, loss in ((10, 4.0), (20, 3.0), (30, 2.5))]
     slower = [{'step': s, 'train_s': 2.0 * s, 'loss': loss} for s, loss in ((10, 5.5), (20, 4.5), (30, 3.5))]
@@ -75,24 +75,54 @@ def test_overhead_smoke(tmp_path: Path) -> None:
     assert len(result['machine_start']['loadavg_1_5_15']) == 3
 
 
+def test_within_noise_needs_a_consistent_gap() -> None:
+    analysis = _bench('analysis')
+    assert analysis.within_noise([0.1, -0.05, 0.02])  # signs disagree
+    assert analysis.within_noise([0.1])  # one seed says nothing
+    assert not analysis.within_noise([-0.10, -0.12, -0.11])  # every seed, far beyond its spread
+    assert analysis.within_noise([-0.01, -0.30, -0.02])  # same sign, but the spread swallows the mean
+
+
+def test_arm_specs_name_sweeps_and_fold_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    convergence = _bench('convergence')
+    args = convergence.argparse.Namespace(arms='baseline;let', lambda0s='0.1,1', stops='0.1dur', stop_lambda0s='0.1,1')
+    arms = convergence.arm_specs(args)
+    assert [a['name'] for a in arms] == [
+        'baseline',
+        'let',
+        'let:lambda0=1',
+        'let:lambda0=0.1,stop=0.1dur',
+        'let:lambda0=1,stop=0.1dur',
+    ]
+    assert arms[2]['let'] == {**convergence.LET_DEFAULTS, 'lambda0': 1}
+    with pytest.raises(SystemExit, match='must include baseline'):
+        convergence.arm_specs(convergence.argparse.Namespace(arms='let', lambda0s=None, stops=None, stop_lambda0s=''))
+
+
 @pytest.mark.skipif(not (SHARED_DATA / 'text').is_dir(), reason=f'the real corpus {SHARED_DATA / "text"} is absent')
 def test_convergence_smoke(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     convergence = _bench('convergence')
-    argv = ['--smoke', '--results', str(tmp_path)]
+    argv = ['--smoke', '--seeds', '1', '--results', str(tmp_path)]
     result = convergence.main(argv)
     teacher = AutoModelForCausalLM.from_pretrained(result['teacher']['folder'])
-    assert teacher.config.vocab_size == result['config']['vocab']
-    assert result['teacher']['eval_loss'] < math.log(result['config']['vocab'])  # pretraining learned something
+    vocab = convergence.SMOKE['corpus']['vocab']
+    assert teacher.config.vocab_size == vocab
+    assert result['teacher']['eval_loss'] < math.log(vocab)  # pretraining learned something
     runs = {r['arm']['name']: r for r in result['runs']}
     assert set(runs) == {'baseline', 'let'}
-    steps = result['config']['target']['steps']
+    steps = convergence.SMOKE['run']['steps']
     for run in runs.values():
         assert [p['step'] for p in run['eval_curve']] == list(range(5, steps + 1, 5))
-    assert runs['let']['let_cosine_first_last'] is not None and runs['baseline']['let_cosine_first_last'] is None
+        assert len(run['series']['loss/train/total']) == steps
+    let_series = runs['let']['series']
+    # stop 0.25dur of 10 steps: λ is positive for the first 3 batches, the diagnostics are logged there only.
+    assert [s for s, v in let_series['let/lambda'] if v > 0] == [1, 2, 3]
+    assert [s for s, _ in let_series['let/grad_ratio']] == [1, 2, 3]
+    assert 'let/lambda' not in runs['baseline']['series']
     assert runs['baseline']['eval_curve'] != runs['let']['eval_curve']
     assert result['summary']['let']['speedup_steps']['n'] == 1
-    assert (tmp_path / 'convergence-smoke' / 'convergence.png').stat().st_size > 10_000
+    assert (tmp_path / 'smoke' / 'convergence.png').stat().st_size > 10_000
     again = convergence.main(argv)  # everything cached: same numbers, no training
     assert again['runs'] == result['runs'] and again['teacher'] == result['teacher']

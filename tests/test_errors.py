@@ -85,7 +85,8 @@ def test_layer_out_of_range(failing_run, override: str, match: str) -> None:
 
 def test_projection_none_with_unequal_widths(failing_run) -> None:
     failing_run(
-        r'projection=none needs equal widths.*student is 64 wide and the teacher block 1 32', 'algorithms.let.projection=none'
+        r'projection=none needs equal widths.*student is 64 wide and the teacher block 1 32',
+        'algorithms.let.projection=none',
     )
 
 

@@ -1,0 +1,109 @@
+"""Pure functions of eval curves and logged series: speedups, crossovers, spreads, summaries.
+
+A curve is ``[{'step', 'train_s', 'loss'}]`` (held-out eval loss); a run is the JSON that
+``bench/convergence.py`` writes per (arm, seed). Nothing here trains or plots.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+
+def first_reach(curve: list[dict[str, float]], loss: float, axis: str = 'step') -> float | None:
+    """Where the eval curve first reaches ``loss`` (linear interpolation between evals), or None."""
+    prev = None
+    for point in curve:
+        if point['loss'] <= loss:
+            if prev is None or prev['loss'] == point['loss']:
+                return point[axis]
+            frac = (prev['loss'] - loss) / (prev['loss'] - point['loss'])
+            return prev[axis] + frac * (point[axis] - prev[axis])
+        prev = point
+    return None
+
+
+def speedup(baseline: list[dict[str, float]], arm: list[dict[str, float]], axis: str = 'step') -> dict[str, Any]:
+    """Baseline's steps to its own final loss / the arm's steps to that loss.
+
+    When the arm never reaches it, the speedup is below 1: the baseline's steps to the arm's final
+    loss / the arm's whole run (``reached: false``).
+    """
+    target = baseline[-1]['loss']
+    reached = first_reach(arm, target, axis)
+    if reached is not None and reached > 0:
+        return {'speedup': baseline[-1][axis] / reached, 'reached': True, 'at': reached}
+    base_at = first_reach(baseline, arm[-1]['loss'], axis)
+    return {'speedup': (base_at or 0.0) / arm[-1][axis], 'reached': False, 'at': None}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, range and count."""
+    if not values:
+        return {'mean': math.nan, 'std': math.nan, 'min': math.nan, 'max': math.nan, 'n': 0}
+    return {
+        'mean': statistics.fmean(values),
+        'std': statistics.stdev(values) if len(values) > 1 else 0.0,
+        'min': min(values),
+        'max': max(values),
+        'n': len(values),
+    }
+
+
+def within_noise(diffs: list[float]) -> bool:
+    """Whether paired differences (arm − baseline, one per seed) are within seed noise.
+
+    A gap counts as real only when every seed has the same sign and the mean is more than two
+    standard errors from 0; otherwise it is reported as within noise. With 2-3 seeds this is a
+    deliberately conservative reading, not a significance test.
+    """
+    if len(diffs) < 2:
+        return True
+    same_sign = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
+    sem = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return not (same_sign and abs(statistics.fmean(diffs)) > 2 * sem)
+
+
+def series_mean(series: list[list[float]] | None, start: int = 0, end: int | None = None) -> float | None:
+    """Mean of a logged ``[[step, value], ...]`` series over steps in ``[start, end)``."""
+    values = [v for s, v in series or [] if s >= start and (end is None or s < end) and math.isfinite(v)]
+    return statistics.fmean(values) if values else None
+
+
+def summarise(runs: list[dict], teacher_loss: float, arm_names: list[str]) -> dict[str, Any]:
+    """Per arm: final loss, crossover with the teacher, speedup in steps against the same seed's baseline."""
+    by = {(r['arm']['name'], r['seed']): r for r in runs}
+    seeds = sorted({r['seed'] for r in runs})
+    out: dict[str, Any] = {}
+    for name in arm_names:
+        rows = [(s, by[(name, s)]) for s in seeds if (name, s) in by]
+        if not rows:
+            continue
+        steps_total = rows[0][1]['eval_curve'][-1]['step']
+        crossings = {s: first_reach(r['eval_curve'], teacher_loss) for s, r in rows}
+        entry: dict[str, Any] = {
+            'seeds': [s for s, _ in rows],
+            'final_loss': spread([r['final_loss'] for _, r in rows]),
+            'final_perplexity': spread([math.exp(r['final_loss']) for _, r in rows]),
+            'crosses_teacher_at_step': crossings,
+            'crosses_teacher_at_fraction': {s: None if c is None else c / steps_total for s, c in crossings.items()},
+        }
+        if name != 'baseline':
+            pairs = [(s, by[('baseline', s)], r) for s, r in rows if ('baseline', s) in by]
+            steps = {s: speedup(b['eval_curve'], r['eval_curve'], 'step') for s, b, r in pairs}
+            diffs = [r['final_loss'] - b['final_loss'] for _, b, r in pairs]
+            entry['speedup_steps'] = {'per_seed': steps, **spread([v['speedup'] for v in steps.values()])}
+            entry['final_loss_minus_baseline'] = {**spread(diffs), 'within_noise': within_noise(diffs)}
+        out[name] = entry
+    return out
+
+
+def best_arm(summary: dict[str, Any], names: list[str], min_seeds: int = 2) -> str | None:
+    """The arm among ``names`` with the lowest mean final loss (ties: the first), over arms with enough seeds."""
+    scored = [
+        (summary[n]['final_loss']['mean'], i, n)
+        for i, n in enumerate(names)
+        if n in summary and summary[n]['final_loss']['n'] >= min_seeds
+    ]
+    return min(scored)[2] if scored else None
