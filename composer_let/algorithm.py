@@ -7,8 +7,11 @@ Add one block to an llm-foundry YAML and launch as always
       let:
         teacher: HuggingFaceTB/SmolLM2-135M  # hub id or local folder (required)
         strategy: L2E            # L2E L2M L2L M2E M2M M2L
-        lambda0: 0.1             # λ0
-        stop: 0.25dur            # S_stop: 2000ba, 5e8tok, 1ep, 0.25dur
+        lambda0: 0.1             # λ0 (strength: absolute, the paper's)
+        stop: 0.25dur            # S_stop: 2000ba, 5e8tok, 1ep, 0.25dur, or auto (ends when it stops helping)
+        # stop_max: 0.5dur       # with stop: auto, the latest the guidance may run (default 0.5dur)
+        # strength: relative     # absolute (λ0, the paper's) | relative (grad_ratio)
+        # grad_ratio: 0.1        # with strength: relative: target ‖λ·∇_h L_align‖ / ‖∇_h L_rest‖
         schedule: linear         # linear (paper) | constant | cosine | step
         projection: interpolate  # interpolate (paper) | pool | linear | none
         loss: cosine             # cosine (paper) | mse | smooth_l1
@@ -35,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from composer_let import config as cfg
 from composer_let.alignment import LOSSES, PROJECTIONS, RESIZES, alignment_loss, resize_width
 from composer_let.capture import OutputCapture
+from composer_let.control import AutoStop, RelativeStrength
 from composer_let.diagnostics import GradientProbe, gradient_stats, sampled_positions, token_nll
 from composer_let.distill import head_rescaling
 from composer_let.layers import STRATEGIES, find_block_list, find_module, resolve_layer, strategy_layers
@@ -52,10 +56,15 @@ from composer_let.teacher import (
     student_masks_documents,
     teacher_inputs,
 )
-from composer_let.timing import before_stop_at_fit_start, parse_stop, progress_towards
+from composer_let.timing import check_stop_within, parse_stop, progress_towards
 
 log = logging.getLogger(__name__)
 SECTION = 'algorithms.let'
+STRENGTHS = ('absolute', 'relative')
+DEFAULT_LAMBDA0 = 0.1
+DEFAULT_STOP_MAX = '0.5dur'
+# strength: relative measures the alignment's gradient per unit of λ on its first batch with this λ.
+RELATIVE_FIRST_WEIGHT = 1e-3
 
 # Per-batch statistics, summed over microbatches and ranks, read with one host sync at BATCH_END.
 _COS, _MICROBATCHES, _TEACHER_NONFINITE, _TEACHER_NLL, _STUDENT_NLL, _CE_COUNT, _REST2, _ALIGN2, _DOT = range(9)
@@ -114,7 +123,7 @@ class LET(Algorithm):
         self,
         teacher: str | None = None,
         strategy: str = 'L2E',
-        lambda0: float = 0.1,
+        lambda0: float | None = None,
         stop: str | int | Time = '0.25dur',
         schedule: str = 'linear',
         projection: str = 'interpolate',
@@ -124,6 +133,9 @@ class LET(Algorithm):
         teacher_layer: int | None = None,
         student_module: str | None = None,
         ce_tokens: int = 256,
+        stop_max: str | int | Time | None = None,
+        strength: str = 'absolute',
+        grad_ratio: float | None = None,
         **unknown: Any,
     ):
         cfg.check_known(SECTION, LET.__init__, unknown)
@@ -133,8 +145,40 @@ class LET(Algorithm):
         self.projection = cfg.choice(SECTION, 'projection', projection, PROJECTIONS)
         self.loss = cfg.choice(SECTION, 'loss', loss, LOSSES)
         self.teacher_dtype = cfg.choice(SECTION, 'teacher_dtype', teacher_dtype, tuple(DTYPES))
-        self.lambda0 = cfg.number(SECTION, 'lambda0', lambda0, 0.0, hint='(the paper uses 0.1)')
-        self.stop = parse_stop(stop, key=f'{SECTION}.stop')
+        self.strength = cfg.choice(SECTION, 'strength', strength, STRENGTHS)
+        if self.strength == 'absolute':
+            if grad_ratio is not None:
+                raise ValueError(
+                    f'{SECTION}.grad_ratio is the target of strength: relative, but strength is absolute. Set '
+                    f'strength: relative to use grad_ratio, or drop grad_ratio and set lambda0.',
+                )
+            lambda0 = DEFAULT_LAMBDA0 if lambda0 is None else lambda0
+            self.lambda0 = cfg.number(SECTION, 'lambda0', lambda0, 0.0, hint='(the paper uses 0.1)')
+            self.grad_ratio = None
+        else:
+            if lambda0 is not None:
+                raise ValueError(
+                    f'{SECTION}.lambda0 is the weight of strength: absolute, but strength is relative. Set the '
+                    f'target with {SECTION}.grad_ratio (e.g. 0.1) and drop lambda0.',
+                )
+            if grad_ratio is None:
+                raise ValueError(f'{SECTION}.strength=relative needs {SECTION}.grad_ratio, e.g. grad_ratio: 0.1.')
+            self.grad_ratio = cfg.number(
+                SECTION,
+                'grad_ratio',
+                grad_ratio,
+                0.0,
+                low_open=True,
+                hint="(a share of the rest of the loss's gradient, e.g. 0.1)",
+            )
+            self.lambda0 = None
+        self.auto_stop = isinstance(stop, str) and stop.strip() == 'auto'
+        if self.auto_stop:
+            self.stop = parse_stop(DEFAULT_STOP_MAX if stop_max is None else stop_max, key=f'{SECTION}.stop_max')
+        else:
+            if stop_max is not None:
+                raise ValueError(f'{SECTION}.stop_max applies only with stop: auto; set stop: auto or drop stop_max.')
+            self.stop = parse_stop(stop, key=f'{SECTION}.stop', extra='or auto')
         self.student_layer = cfg.integer(SECTION, 'student_layer', student_layer, optional=True)
         self.teacher_layer = cfg.integer(SECTION, 'teacher_layer', teacher_layer, optional=True)
         if student_module is not None and student_layer is not None:
@@ -143,6 +187,8 @@ class LET(Algorithm):
         self.ce_tokens = cfg.integer(SECTION, 'ce_tokens', ce_tokens, low=0)
 
         self.align_weight = 0.0  # λ for the current batch
+        self.autostop = AutoStop() if self.auto_stop else None
+        self.relative = RelativeStrength() if self.strength == 'relative' else None
         self.active = False  # teacher loaded and hook in place
         self._teacher_path = ''
         self._shape: TeacherShape | None = None
@@ -160,6 +206,7 @@ class LET(Algorithm):
         self._teacher_hidden: torch.Tensor | None = None
         self._teacher_final: torch.Tensor | None = None
         self._stats: torch.Tensor | None = None
+        self._stats_device = torch.device('cpu')
 
     # Composer wiring -----------------------------------------------------------------
 
@@ -180,14 +227,15 @@ class LET(Algorithm):
         if event == Event.INIT:
             self._init(state)
         elif event == Event.FIT_START and not self.active:
-            if before_stop_at_fit_start(self.stop, state, key=f'{SECTION}.stop'):
+            check_stop_within(self.stop, state.max_duration, key=self._stop_key)
+            if self._shape_at(state) > 0:
                 self._start(state)
             else:
-                log.info('LET: the run is at or past stop=%s; the teacher is not loaded.', self.stop)
+                log.info('LET: the run is at or past its stop (%s); the teacher is not loaded.', self._stop_text())
         elif event == Event.BATCH_START:
-            progress = progress_towards(self.stop, state)
-            self.align_weight = schedule_weight(self.schedule, self.lambda0, progress)
-            if self.active and progress >= 1:
+            shape = self._shape_at(state)
+            self.align_weight = self._weight(shape)
+            if self.active and shape == 0:
                 self._release()
         elif event == Event.BEFORE_FORWARD and self.active:
             self._run_teacher(state.batch)
@@ -205,6 +253,79 @@ class LET(Algorithm):
             logger.log_metrics(self._batch_metrics(int(state.timestamp.batch)))
         elif event == Event.FIT_END:
             self._release()  # a later fit() on the same Trainer loads it again if still before stop
+
+    # Strength and stop ----------------------------------------------------------------
+
+    @property
+    def _stop_key(self) -> str:
+        return f'{SECTION}.stop_max' if self.auto_stop else f'{SECTION}.stop'
+
+    def _stop_text(self) -> str:
+        if self.autostop is None:
+            return f'stop={self.stop}'
+        fired = self.autostop.fired_at
+        return f'stop=auto (stop_max={self.stop}; {"not fired" if fired is None else f"fired at batch {fired}"})'
+
+    def _shape_at(self, state: State) -> float:
+        """λ's shape in [0, 1] for the batch about to run: the schedule towards the stop, times auto's ramp."""
+        shape = schedule_weight(self.schedule, 1.0, progress_towards(self.stop, state))
+        if self.autostop is not None:
+            shape *= self.autostop.factor(int(state.timestamp.batch))
+        return shape
+
+    def _weight(self, shape: float) -> float:
+        """λ for a batch: ``λ0 · shape`` (absolute) or the λ that gives ``grad_ratio · shape`` (relative)."""
+        if self.relative is None:
+            return self.lambda0 * shape  # type: ignore[operator]
+        if shape == 0:
+            return 0.0
+        weight = self.relative.weight(self.grad_ratio * shape)  # type: ignore[operator]
+        return RELATIVE_FIRST_WEIGHT if weight is None else weight
+
+    def _control(self, batch: int, values: list[float], metrics: dict[str, float]) -> None:
+        """Feed this batch's whole-batch diagnostics to relative strength and auto stop (same on every rank)."""
+        if self.relative is not None:
+            self.relative.observe(
+                math.sqrt(max(values[_REST2], 0.0)), math.sqrt(max(values[_ALIGN2], 0.0)), self.align_weight
+            )
+        if self.autostop is None or self.autostop.fired_at is not None:
+            return
+        self.autostop.observe(
+            batch, metrics.get('let/teacher_ce'), metrics.get('let/student_ce'), metrics.get('let/grad_cos')
+        )
+        metrics['let/stop_signal'] = self.autostop.signal()
+        if dist.get_world_size() > 1:  # decided once, on rank 0, and broadcast
+            decision = torch.tensor(
+                [-1 if self.autostop.fired_at is None else self.autostop.fired_at], device=self._stats_device
+            )
+            dist.broadcast(decision, src=0)
+            fired = int(decision.item())
+            if fired >= 0 and self.autostop.fired_at is None:
+                self.autostop.fire(fired, 'rank 0')
+            elif fired < 0:
+                self.autostop.fired_at = None
+        if self.autostop.fired_at is not None:
+            metrics['let/stop_fired_at'] = float(self.autostop.fired_at)
+            log.info(
+                'LET: stop=auto fired at batch %d (%s); λ ramps to 0 over %d batches.',
+                self.autostop.fired_at,
+                self.autostop.fired_by,
+                self.autostop.ramp_batches,
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.autostop is not None:
+            state['auto_stop'] = self.autostop.state_dict()
+        if self.relative is not None:
+            state['relative_strength'] = self.relative.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.autostop is not None and 'auto_stop' in state:
+            self.autostop = AutoStop.from_state_dict(state['auto_stop'])
+        if self.relative is not None and 'relative_strength' in state:
+            self.relative = RelativeStrength.from_state_dict(state['relative_strength'])
 
     # Steps ---------------------------------------------------------------------------
 
@@ -373,6 +494,8 @@ class LET(Algorithm):
         if values[_CE_COUNT] > 0:
             metrics['let/teacher_ce'] = values[_TEACHER_NLL] / values[_CE_COUNT]
             metrics['let/student_ce'] = values[_STUDENT_NLL] / values[_CE_COUNT]
+        self._stats_device = stats.device
+        self._control(batch, values, metrics)
         return metrics
 
     def _not_finite(self, batch: int, teacher_nonfinite: bool) -> str:

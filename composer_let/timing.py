@@ -7,13 +7,15 @@ from composer.core import State, Time, TimeUnit
 _STOP_UNITS = (TimeUnit.BATCH, TimeUnit.SAMPLE, TimeUnit.TOKEN, TimeUnit.EPOCH, TimeUnit.DURATION)
 
 
-def parse_stop(stop: str | int | Time, key: str = 'stop') -> Time:
+def parse_stop(stop: str | int | Time, key: str = 'stop', extra: str = '') -> Time:
     """Parse ``stop`` (``'2000ba'``, ``'5e8tok'``, ``'1ep'``, ``'0.25dur'``, ``'100sp'``).
 
     An int is a number of batches. Raises ``ValueError`` naming ``key`` if the value
-    is unparsable, not positive, in wall-clock units, or a duration above 1.
+    is unparsable, not positive, in wall-clock units, or a duration above 1. ``extra`` names
+    further accepted values in the message (``'or auto'``).
     """
-    fix = f"Set {key} to a positive Composer time string such as '2000ba', '5e8tok', '1ep' or '0.25dur'."
+    fix = f"Set {key} to a positive Composer time string such as '2000ba', '5e8tok', '1ep' or '0.25dur'"
+    fix += f' {extra}.' if extra else '.'
     if isinstance(stop, bool):
         raise ValueError(f'{key}={stop!r} is not a time. {fix}')
     try:

@@ -1,0 +1,166 @@
+"""How hard LET pulls and when it lets go, decided from the run's own measurements.
+
+Pure Python state machines, fed once per batch with the batch's whole-batch diagnostics (already
+summed over microbatches and ranks, so every rank feeds the same numbers), and saved in
+checkpoints through ``state_dict`` so that resumption is exact::
+
+    strength = RelativeStrength()                 # λ such that ‖λ·∇L_align‖ ≈ target · ‖∇L_rest‖
+    lam = strength.weight(target=0.1)             # None until one batch has been measured
+    strength.observe(rest_norm, align_norm, lam_used)
+
+    stop = AutoStop()
+    stop.observe(batch=s, teacher_ce=..., student_ce=..., grad_cos=...)
+    stop.fired_at                                 # the batch at which the guidance ended, or None
+    stop.factor(batch=s)                          # 1 before, a linear ramp to 0 after the decision
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class Ema:
+    """Exponential moving average with bias correction (Adam's), robust to a missing first value."""
+
+    beta: float = 0.9
+    value: float = 0.0
+    weight: float = 0.0
+
+    def update(self, x: float) -> None:
+        self.value = self.beta * self.value + (1 - self.beta) * x
+        self.weight = self.beta * self.weight + (1 - self.beta)
+
+    @property
+    def mean(self) -> float | None:
+        return self.value / self.weight if self.weight > 0 else None
+
+
+def _ema_from(d: dict[str, Any]) -> Ema:
+    return Ema(**{f.name: d[f.name] for f in fields(Ema)})
+
+
+@dataclass
+class RelativeStrength:
+    """Sets λ each batch so that the alignment's gradient at the hooked block is a chosen share of the rest's.
+
+    ``observe`` takes the batch's ``‖∇_h L_rest‖``, ``‖λ·∇_h L_align‖`` and the λ that produced
+    it; the alignment's gradient per unit of λ is ``align_norm / λ``. ``weight(target)`` returns
+    ``target · EMA(‖∇L_rest‖) / EMA(‖∇L_align‖ per unit λ)``: the λ that would have given
+    ``let/grad_ratio == target`` on the recent batches.
+    """
+
+    beta: float = 0.9
+    rest: Ema | None = None
+    unit_align: Ema | None = None
+
+    def __post_init__(self) -> None:
+        self.rest = self.rest or Ema(self.beta)
+        self.unit_align = self.unit_align or Ema(self.beta)
+
+    def observe(self, rest_norm: float, align_norm: float, weight_used: float) -> None:
+        if weight_used > 0 and math.isfinite(rest_norm) and math.isfinite(align_norm) and align_norm > 0:
+            self.rest.update(rest_norm)  # type: ignore[union-attr]
+            self.unit_align.update(align_norm / weight_used)  # type: ignore[union-attr]
+
+    def weight(self, target: float) -> float | None:
+        rest, unit = self.rest.mean, self.unit_align.mean  # type: ignore[union-attr]
+        if rest is None or unit is None or unit <= 0:
+            return None
+        return target * rest / unit
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'beta': self.beta, 'rest': asdict(self.rest), 'unit_align': asdict(self.unit_align)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Any]) -> RelativeStrength:
+        return cls(beta=d['beta'], rest=_ema_from(d['rest']), unit_align=_ema_from(d['unit_align']))
+
+
+@dataclass
+class AutoStop:
+    """Ends the guidance once it stops helping, then ramps λ to 0 over ``ramp_share`` of the batches done.
+
+    Signals, each smoothed by an EMA over batches (``beta``) and read after ``warmup`` batches:
+
+    * ``ce``: the student's CE falls below the teacher's on the same tokens (``student − teacher``
+      below ``-margin`` nats): the student has passed its teacher.
+    * ``conflict``: the alignment's gradient at the hooked block opposes the rest of the loss's
+      (``let/grad_cos`` below ``-cos_threshold``) persistently.
+
+    ``signals`` picks which of them may fire (both by default). The decision is a pure function of
+    the fed values, so ranks fed the same all-reduced numbers decide alike; the algorithm still
+    broadcasts rank 0's decision.
+    """
+
+    signals: tuple[str, ...] = ('ce', 'conflict')
+    beta: float = 0.9
+    warmup: int = 10
+    margin: float = 0.0
+    cos_threshold: float = 0.0
+    ramp_share: float = 0.1
+    ce_gap: Ema | None = None
+    grad_cos: Ema | None = None
+    seen: int = 0
+    fired_at: int | None = None
+    fired_by: str | None = None
+    ramp_batches: int = 0
+
+    def __post_init__(self) -> None:
+        self.ce_gap = self.ce_gap or Ema(self.beta)
+        self.grad_cos = self.grad_cos or Ema(self.beta)
+        self.signals = tuple(self.signals)
+
+    def observe(self, batch: int, teacher_ce: float | None, student_ce: float | None, grad_cos: float | None) -> None:
+        """Feed batch ``batch``'s diagnostics (``None``/NaN: not measured); may decide to stop."""
+        if self.fired_at is not None:
+            return
+        self.seen += 1
+        if teacher_ce is not None and student_ce is not None and math.isfinite(teacher_ce - student_ce):
+            self.ce_gap.update(student_ce - teacher_ce)  # type: ignore[union-attr]
+        if grad_cos is not None and math.isfinite(grad_cos):
+            self.grad_cos.update(grad_cos)  # type: ignore[union-attr]
+        if self.seen < self.warmup:
+            return
+        reason = self.reason()
+        if reason is not None:
+            self.fire(batch, reason)
+
+    def reason(self) -> str | None:
+        gap, cos = self.ce_gap.mean, self.grad_cos.mean  # type: ignore[union-attr]
+        if 'ce' in self.signals and gap is not None and gap < -self.margin:
+            return 'ce'
+        if 'conflict' in self.signals and cos is not None and cos < -self.cos_threshold:
+            return 'conflict'
+        return None
+
+    def fire(self, batch: int, reason: str) -> None:
+        self.fired_at, self.fired_by = batch, reason
+        self.ramp_batches = max(1, round(self.ramp_share * batch))
+
+    def signal(self) -> float:
+        """The smoothed quantity closest to firing, for logging: the CE gap (nats) or the gradient cosine."""
+        gap, cos = self.ce_gap.mean, self.grad_cos.mean  # type: ignore[union-attr]
+        if 'ce' in self.signals and gap is not None:
+            return gap
+        return cos if cos is not None else math.nan
+
+    def factor(self, batch: int) -> float:
+        """λ's multiplier at ``batch``: 1 before the decision, then linear to 0 over the ramp."""
+        if self.fired_at is None:
+            return 1.0
+        return max(0.0, 1.0 - (batch - self.fired_at) / self.ramp_batches)
+
+    def state_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d['signals'] = list(self.signals)
+        return d
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Any]) -> AutoStop:
+        d = dict(d)
+        d['ce_gap'], d['grad_cos'] = _ema_from(d['ce_gap']), _ema_from(d['grad_cos'])
+        d['signals'] = tuple(d['signals'])
+        return cls(**d)

@@ -1,0 +1,79 @@
+"""The pure controllers behind ``strength: relative`` and ``stop: auto``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from composer_let.control import AutoStop, Ema, RelativeStrength
+
+
+def test_ema_is_bias_corrected() -> None:
+    ema = Ema(beta=0.9)
+    assert ema.mean is None
+    ema.update(2.0)
+    assert ema.mean == pytest.approx(2.0)  # not 0.2: the first value is the mean
+    ema.update(4.0)
+    assert ema.mean == pytest.approx((0.9 * 0.1 * 2 + 0.1 * 4) / (1 - 0.81))
+
+
+def test_relative_strength_gives_the_weight_that_hits_the_target() -> None:
+    strength = RelativeStrength()
+    assert strength.weight(0.1) is None  # nothing measured yet
+    # The alignment sends 3.0 per unit of λ; the rest of the loss 2.0: λ = 0.1 * 2 / 3 gives the ratio 0.1.
+    strength.observe(rest_norm=2.0, align_norm=0.003, weight_used=0.001)
+    assert strength.weight(0.1) == pytest.approx(0.1 * 2.0 / 3.0)
+    lam = strength.weight(0.1)
+    strength.observe(rest_norm=2.0, align_norm=3.0 * lam, weight_used=lam)
+    assert strength.weight(0.1) == pytest.approx(lam)  # a fixed point
+    strength.observe(rest_norm=5.0, align_norm=0.0, weight_used=0.0)  # λ = 0 measures nothing
+    assert strength.weight(0.1) == pytest.approx(lam)
+
+
+def test_relative_strength_round_trips_its_state() -> None:
+    strength = RelativeStrength(beta=0.8)
+    for rest, align in ((1.0, 0.5), (2.0, 0.4), (1.5, 0.7)):
+        strength.observe(rest, align, 0.1)
+    again = RelativeStrength.from_state_dict(strength.state_dict())
+    assert again == strength and again.weight(0.2) == strength.weight(0.2)
+
+
+def test_auto_stop_fires_on_the_ce_crossing_after_warmup_and_ramps() -> None:
+    stop = AutoStop(signals=('ce',), warmup=3, beta=0.5)
+    stop.observe(1, teacher_ce=3.0, student_ce=2.0, grad_cos=0.5)  # already below, but within warm-up
+    stop.observe(2, teacher_ce=3.0, student_ce=2.0, grad_cos=0.5)
+    assert stop.fired_at is None and stop.factor(2) == 1.0
+    stop.observe(3, teacher_ce=3.0, student_ce=2.0, grad_cos=0.5)
+    assert stop.fired_at == 3 and stop.fired_by == 'ce'
+    assert stop.ramp_batches == 1  # 10% of 3 batches, at least 1
+    assert stop.factor(3) == 1.0 and stop.factor(4) == 0.0
+    stop.observe(4, teacher_ce=1.0, student_ce=9.0, grad_cos=0.5)  # decided once: later values change nothing
+    assert stop.fired_at == 3
+
+
+def test_auto_stop_waits_while_the_student_is_behind() -> None:
+    stop = AutoStop(signals=('ce',), warmup=2)
+    for batch in range(1, 50):
+        stop.observe(batch, teacher_ce=3.0, student_ce=3.0 + 1.0 / batch, grad_cos=-1.0)
+    assert stop.fired_at is None  # the conflict signal is not enabled
+    assert stop.signal() > 0
+
+
+def test_auto_stop_conflict_signal_and_long_ramp() -> None:
+    stop = AutoStop(signals=('conflict',), warmup=1, beta=0.0)
+    for batch in range(1, 100):
+        stop.observe(batch, teacher_ce=None, student_ce=None, grad_cos=0.3)
+    assert stop.fired_at is None
+    stop.observe(100, teacher_ce=None, student_ce=None, grad_cos=-0.2)
+    assert stop.fired_at == 100 and stop.fired_by == 'conflict' and stop.ramp_batches == 10
+    assert [stop.factor(b) for b in (100, 105, 110, 200)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+
+
+def test_auto_stop_ignores_missing_values_and_round_trips() -> None:
+    stop = AutoStop(warmup=1)
+    stop.observe(1, teacher_ce=None, student_ce=2.0, grad_cos=math.nan)
+    assert stop.fired_at is None and math.isnan(stop.signal())
+    stop.observe(2, teacher_ce=3.0, student_ce=3.5, grad_cos=0.1)
+    again = AutoStop.from_state_dict(stop.state_dict())
+    assert again == stop
