@@ -17,6 +17,7 @@ Add one block to an llm-foundry YAML and launch as always
         loss: cosine             # cosine (paper) | mse | smooth_l1
         teacher_dtype: bf16      # bf16 | fp16 | fp32
         ce_tokens: 256           # positions per microbatch for let/teacher_ce and let/student_ce (0: off)
+        # cross_tokenizer: true  # the teacher may use another tokenizer: rows are re-tokenized for it
         # student_layer: 3       # block index, overrides the strategy's student side
         # teacher_layer: -1      # block index, overrides the strategy's teacher side
         # student_module: model.model.layers.3  # dotted path, overrides block discovery
@@ -34,11 +35,14 @@ from composer.loggers import Logger
 from composer.utils import dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from composer_let import config as cfg
 from composer_let.alignment import LOSSES, PROJECTIONS, RESIZES, alignment_loss, resize_width
 from composer_let.capture import OutputCapture
 from composer_let.control import AutoStop, RelativeStrength
+from composer_let.cross_tokenizer import KEYS as BRIDGE_KEYS
+from composer_let.cross_tokenizer import PREFIX, BridgedCollate, TokenBridge
 from composer_let.diagnostics import GradientProbe, gradient_stats, sampled_positions, token_nll
 from composer_let.distill import head_rescaling
 from composer_let.layers import STRATEGIES, find_block_list, find_module, resolve_layer, strategy_layers
@@ -46,11 +50,14 @@ from composer_let.losses import with_extra_loss
 from composer_let.schedule import SCHEDULES, schedule_weight
 from composer_let.teacher import (
     DTYPES,
+    SAME_TOKENIZER_FIX,
     BatchGuard,
     TeacherRunner,
     TeacherShape,
     layer_widths,
+    load_teacher_tokenizer,
     open_teacher,
+    same_tokenizer,
     start_teacher,
     state_device,
     student_masks_documents,
@@ -65,6 +72,7 @@ DEFAULT_LAMBDA0 = 0.1
 DEFAULT_STOP_MAX = '0.5dur'
 # strength: relative measures the alignment's gradient per unit of λ on its first batch with this λ.
 RELATIVE_FIRST_WEIGHT = 1e-3
+CROSS_TOKENIZER_MAX_LENGTH = 4096  # the teacher's context when its config does not say
 
 # Per-batch statistics, summed over microbatches and ranks, read with one host sync at BATCH_END.
 _COS, _MICROBATCHES, _TEACHER_NONFINITE, _TEACHER_NLL, _STUDENT_NLL, _CE_COUNT, _REST2, _ALIGN2, _DOT = range(9)
@@ -136,6 +144,7 @@ class LET(Algorithm):
         stop_max: str | int | Time | None = None,
         strength: str = 'absolute',
         grad_ratio: float | None = None,
+        cross_tokenizer: bool = False,
         **unknown: Any,
     ):
         cfg.check_known(SECTION, LET.__init__, unknown)
@@ -185,6 +194,9 @@ class LET(Algorithm):
             raise ValueError(f'Set either {SECTION}.student_module or student_layer, not both.')
         self.student_module = student_module
         self.ce_tokens = cfg.integer(SECTION, 'ce_tokens', ce_tokens, low=0)
+        if not isinstance(cross_tokenizer, bool):
+            raise ValueError(f'{SECTION}.cross_tokenizer={cross_tokenizer!r} must be true or false.')
+        self.cross_tokenizer = cross_tokenizer
 
         self.align_weight = 0.0  # λ for the current batch
         self.autostop = AutoStop() if self.auto_stop else None
@@ -207,6 +219,10 @@ class LET(Algorithm):
         self._teacher_final: torch.Tensor | None = None
         self._stats: torch.Tensor | None = None
         self._stats_device = torch.device('cpu')
+        self._bridge: TokenBridge | None = None
+        self._bridged_loader: DataLoader | None = None
+        self._plain_collate: Any = None
+        self._align_mask: torch.Tensor | None = None
 
     # Composer wiring -----------------------------------------------------------------
 
@@ -343,12 +359,16 @@ class LET(Algorithm):
         within documents. ``scripts/estimate.py`` calls this on a weightless student.
         """
         tokenizer = getattr(model, 'tokenizer', None)
-        self._teacher_path, config, shape = open_teacher(self.teacher, SECTION, tokenizer)
+        fix = f'{SAME_TOKENIZER_FIX} Or set {SECTION}.cross_tokenizer: true to align across tokenizers.'
+        self._teacher_path, config, shape = open_teacher(
+            self.teacher, SECTION, tokenizer, None if self.cross_tokenizer else fix
+        )
+        self._bridge = self._make_bridge(tokenizer, shape) if self.cross_tokenizer else None
         default_teacher, _ = strategy_layers(self.strategy, shape.num_layers, 1)
         teacher_index = default_teacher if self.teacher_layer is None else self.teacher_layer
         self._teacher_layer_index = resolve_layer(teacher_index, shape.num_layers, f'{SECTION}.teacher_layer')
         self._final_layer = shape.num_layers - 1
-        if self.ce_tokens and head_rescaling(config):
+        if self.ce_tokens and self._bridge is None and head_rescaling(config):
             raise ValueError(
                 f'{SECTION}.ce_tokens={self.ce_tokens}: the teacher {self.teacher!r} rescales its logits outside its '
                 f'LM head ({", ".join(head_rescaling(config))}), so let/teacher_ce would be wrong. Set ce_tokens: 0.',
@@ -386,11 +406,24 @@ class LET(Algorithm):
             'student_blocks': num_blocks,
             'student_width': width_s,
             'packed_documents': self._packed,
+            'cross_tokenizer': self._bridge is not None,
             'lambda0': self.lambda0,
             'stop': str(self.stop),
             'schedule': self.schedule,
             'projection': self.projection,
         }
+
+    def _make_bridge(self, student: Any, shape: TeacherShape) -> TokenBridge | None:
+        """The re-tokenizer for a teacher on another tokenizer (``None`` when the tokenizers are the same)."""
+        key = f'{SECTION}.cross_tokenizer'
+        teacher = load_teacher_tokenizer(self._teacher_path)
+        if student is None or teacher is None:
+            which = 'run' if student is None else 'teacher'
+            raise ValueError(f'{key}: true needs both tokenizers, but the {which} tokenizer is not available.')
+        if same_tokenizer(student, teacher):
+            log.info('LET: cross_tokenizer is on but the tokenizers are the same: the teacher reads the ids as is.')
+            return None
+        return TokenBridge(student, teacher, max_length=shape.max_positions or CROSS_TOKENIZER_MAX_LENGTH)
 
     def _add_projection(self, state: State, width_s: int, width_t: int) -> None:
         """Put a learned ``d_S -> d_T`` map on the model so DDP/FSDP, the optimizer and checkpoints see it."""
@@ -408,7 +441,8 @@ class LET(Algorithm):
 
     def _start(self, state: State) -> None:
         layers = {self._teacher_layer_index: self._teacher_width}
-        if self.ce_tokens:
+        measure_ce = bool(self.ce_tokens) and self._bridge is None  # CEs over different tokens do not compare
+        if measure_ce:
             layers.setdefault(self._final_layer, -1)  # the final-norm state feeds the LM head of let/teacher_ce
         self._runner = start_teacher(
             self._teacher_path,
@@ -419,14 +453,23 @@ class LET(Algorithm):
             owner=state,
             key=f'{SECTION}.teacher',
         )
-        self._head = self._runner.model.get_output_embeddings() if self.ce_tokens else None
+        self._head = self._runner.model.get_output_embeddings() if measure_ce else None
         self._guard = BatchGuard(self._shape, SECTION)
         target = find_module(state.model, self._student_path, key=f'{SECTION}.student_module')
         if self._projection is not None:
             # FSDP1 swaps in its wrapper; DDP (wrapped after INIT) hides the attribute behind ``module.``
             self._projection = find_module(state.model, 'let_projection', key='let_projection')
         self._capture = OutputCapture(target, transform=self._watch)
+        if self._bridge is not None:
+            self._bridge_loader(state.train_dataloader)
         self.active = True
+
+    def _bridge_loader(self, loader: Any) -> None:
+        """Re-tokenize in the DataLoader (its workers, off the training loop) by wrapping its collate function."""
+        if isinstance(loader, DataLoader) and not isinstance(loader.collate_fn, BridgedCollate):
+            self._plain_collate = loader.collate_fn
+            loader.collate_fn = BridgedCollate(loader.collate_fn, self._bridge)  # type: ignore[arg-type]
+            self._bridged_loader = loader
 
     def _watch(self, hidden: torch.Tensor) -> torch.Tensor:
         """The student's hooked output as the alignment sees it: gradient-probed, then projected."""
@@ -435,11 +478,35 @@ class LET(Algorithm):
 
     def _run_teacher(self, batch: Any) -> None:
         assert self._runner is not None and self._guard is not None
+        if self._bridge is not None:
+            self._run_bridged_teacher(batch)
+            return
         inputs = teacher_inputs(batch, self._packed)
         self._guard.check(inputs['input_ids'])
         outputs = self._runner(**inputs)
         self._teacher_hidden = outputs[self._teacher_layer_index]
-        self._teacher_final = outputs.get(self._final_layer) if self.ce_tokens else None
+        self._teacher_final = outputs.get(self._final_layer) if self._head is not None else None
+        self._align_mask = batch.get('attention_mask')
+
+    def _run_bridged_teacher(self, batch: Any) -> None:
+        """The teacher on its own tokens, read back at each student position (masked where it has none)."""
+        student_ids = batch['input_ids']
+        mapped = {key: batch.get(PREFIX + key) for key in BRIDGE_KEYS}
+        if any(v is None for v in mapped.values()) or mapped['teacher_index'].shape != student_ids.shape:
+            # Not from the bridged loader (a custom loader, or a batch truncated after it): map it here.
+            mapped = {k: v.to(student_ids.device) for k, v in self._bridge(student_ids.cpu()).items()}  # type: ignore[misc]
+        outputs = self._runner(  # type: ignore[misc]
+            mapped['teacher_input_ids'],
+            mapped['teacher_attention_mask'],
+            mapped['teacher_sequence_id'] if self._packed else None,
+        )
+        hidden = outputs[self._teacher_layer_index]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        valid = mapped['teacher_valid'].bool()
+        self._teacher_hidden = torch.where(valid[..., None], hidden[rows, mapped['teacher_index']], 0.0)
+        self._teacher_final = None  # the teacher's CE is over its own tokens: not comparable
+        mask = batch.get('attention_mask')
+        self._align_mask = valid if mask is None else valid & mask.bool()
 
     def _add_alignment(self, state: State) -> None:
         if self.active:
@@ -449,8 +516,7 @@ class LET(Algorithm):
             teacher = self._teacher_hidden
             if self.projection in RESIZES:
                 teacher = resize_width(teacher.float(), student.shape[-1], self.projection)
-            mask = state.batch.get('attention_mask') if isinstance(state.batch, dict) else None
-            align, cosine = alignment_loss(student, teacher, mask, kind=self.loss)
+            align, cosine = alignment_loss(student, teacher, self._align_mask, kind=self.loss)
             stats = torch.zeros(9, device=cosine.device)
             stats[_COS], stats[_MICROBATCHES] = cosine, 1.0
             stats[_TEACHER_NONFINITE] = (~torch.isfinite(self._teacher_hidden).all()).float()
@@ -518,5 +584,8 @@ class LET(Algorithm):
             self._runner.release()
             self._runner = self._head = None
             log.info('LET: teacher released.')
+        if self._bridged_loader is not None:
+            self._bridged_loader.collate_fn = self._plain_collate  # workers already started keep theirs
+            self._bridged_loader = None
         self.active = False
-        self._teacher_hidden = self._teacher_final = None
+        self._teacher_hidden = self._teacher_final = self._align_mask = None

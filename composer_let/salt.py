@@ -49,6 +49,11 @@ from composer_let.timing import before_stop_at_fit_start, parse_stop, progress_t
 
 log = logging.getLogger(__name__)
 SECTION = 'algorithms.salt'
+SALT_TOKENIZER_FIX = (
+    "SALT distils the teacher's next-token distribution, which is over the teacher's vocabulary, so the student "
+    "needs the same tokenizer (logit distillation across vocabularies is not supported; LET's cross_tokenizer "
+    "aligns hidden states instead). Set tokenizer.name to the teacher's folder."
+)
 
 
 def student_vocab_size(model: nn.Module) -> int | None:
@@ -157,7 +162,7 @@ class SALT(Algorithm):
     def check(self, model: nn.Module) -> dict[str, Any]:
         """INIT's checks against the student ``model`` (teacher config, tokenizer, vocabularies, widths)."""
         tokenizer = getattr(model, 'tokenizer', None)
-        self._teacher_path, config, self._shape = open_teacher(self.teacher, SECTION, tokenizer)
+        self._teacher_path, config, self._shape = open_teacher(self.teacher, SECTION, tokenizer, SALT_TOKENIZER_FIX)
         transforms = head_rescaling(config)
         if transforms:
             raise ValueError(

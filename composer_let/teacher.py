@@ -96,19 +96,27 @@ def load_teacher_tokenizer(path: str) -> PreTrainedTokenizerBase | None:
         return None
 
 
-def check_tokenizers(student: Any, teacher: Any, teacher_vocab: int) -> None:
-    """The student must use the teacher's tokenizer (same token -> id map)."""
+SAME_TOKENIZER_FIX = "Set tokenizer.name to the teacher's folder."
+
+
+def same_tokenizer(student: Any, teacher: Any) -> bool:
+    """Whether two tokenizers map tokens to the same ids."""
+    return student is not None and teacher is not None and student.get_vocab() == teacher.get_vocab()
+
+
+def check_tokenizers(student: Any, teacher: Any, teacher_vocab: int, fix: str = SAME_TOKENIZER_FIX) -> None:
+    """The student must use the teacher's tokenizer (same token -> id map); ``fix`` ends the error."""
     if student is None:
         return
     if len(student) > teacher_vocab:
         raise ValueError(
             f'The run tokenizer has {len(student)} tokens but the teacher only {teacher_vocab}: the student '
-            "must be trained on the teacher's tokenizer. Set tokenizer.name to the teacher's folder.",
+            f"must be trained on the teacher's tokenizer. {fix}",
         )
-    if teacher is not None and student.get_vocab() != teacher.get_vocab():
+    if teacher is not None and not same_tokenizer(student, teacher):
         raise ValueError(
             "The run tokenizer differs from the teacher's (token -> id maps do not match): the student "
-            "must be trained on the teacher's tokenizer. Set tokenizer.name to the teacher's folder.",
+            f"must be trained on the teacher's tokenizer. {fix}",
         )
 
 
@@ -142,12 +150,15 @@ def teacher_shape(config: PretrainedConfig) -> TeacherShape:
     )
 
 
-def open_teacher(teacher: str, key: str, student_tokenizer: Any) -> tuple[str, PretrainedConfig, TeacherShape]:
+def open_teacher(
+    teacher: str, key: str, student_tokenizer: Any, tokenizer_fix: str | None = SAME_TOKENIZER_FIX
+) -> tuple[str, PretrainedConfig, TeacherShape]:
     """What ``let`` and ``salt`` check at ``Event.INIT``, before any weights load.
 
     Resolves ``teacher`` to a local folder, reads its config and checks that the run's
-    tokenizer (``None``: not visible) is the teacher's. Errors are ``ValueError`` naming
-    ``key`` (``algorithms.let``); returns the folder, the config and its shape.
+    tokenizer (``None``: not visible) is the teacher's, ending a mismatch's error with
+    ``tokenizer_fix`` (``None``: tokenizers may differ). Errors are ``ValueError`` naming ``key``
+    (``algorithms.let``); returns the folder, the config and its shape.
     """
     try:
         path = resolve_teacher(teacher)
@@ -155,7 +166,8 @@ def open_teacher(teacher: str, key: str, student_tokenizer: Any) -> tuple[str, P
     except TeacherError as e:
         raise ValueError(f'{key}.{e}') from None
     shape = teacher_shape(config)
-    check_tokenizers(student_tokenizer, load_teacher_tokenizer(path), shape.vocab_size)
+    if tokenizer_fix is not None:
+        check_tokenizers(student_tokenizer, load_teacher_tokenizer(path), shape.vocab_size, tokenizer_fix)
     return path, config, shape
 
 
