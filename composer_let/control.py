@@ -52,7 +52,7 @@ class RelativeStrength:
     ``let/grad_ratio == target`` on the recent batches.
     """
 
-    beta: float = 0.9
+    beta: float = 0.5  # short memory: early in training the norms fall by 2x within ~5 batches
     rest: Ema | None = None
     unit_align: Ema | None = None
 

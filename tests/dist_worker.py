@@ -27,7 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-METRICS = ('loss/train/total', 'loss/train/let_align', 'let/lambda', 'let/cosine')
+METRICS = (
+    'loss/train/total',
+    'loss/train/let_align',
+    'let/lambda',
+    'let/cosine',
+    'let/grad_ratio',
+    'let/stop_fired_at',
+)
 _events: dict[str, list[Any]] = {'teacher_loads': [], 'hub_calls': []}
 
 
