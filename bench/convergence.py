@@ -84,6 +84,7 @@ REGIMES: dict[str, dict[str, Any]] = {
     'weak-teacher': {'teacher': 'weak', 'steps': 500, 'warmup': 25, 'eval_interval': 25},
 }
 EVAL_BATCHES = 16
+CROSS_VOCAB = 4096  # the other tokenizer of --cross-teacher: a byte-level BPE with twice the vocabulary
 # LET's settings in every arm unless the arm overrides them: the paper's, with an fp32 teacher (bf16
 # matmuls are 2x slower on CPUs without native bf16; see bench/README.md).
 LET_DEFAULTS = {'strategy': 'L2E', 'lambda0': 0.1, 'stop': '0.25dur', 'teacher_dtype': 'fp32'}
@@ -234,8 +235,11 @@ def in_subprocess(job: dict[str, Any], out: Path) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def prepare_teacher(kind: str, size: dict, plan: dict, cache: Path) -> dict[str, Any]:
-    """Pretrain a teacher with llm-foundry; save it as an HF folder with the tokenizer. Cached."""
+def prepare_teacher(kind: str, size: dict, plan: dict, cache: Path, train: bool = True) -> dict[str, Any]:
+    """Pretrain a teacher with llm-foundry; save it as an HF folder with the tokenizer. Cached.
+
+    ``train=False``: only read the cache (``SystemExit`` if the teacher was never trained).
+    """
     from transformers import AutoTokenizer
 
     from composer_let.prep.tiny import save_llama
@@ -253,6 +257,8 @@ def prepare_teacher(kind: str, size: dict, plan: dict, cache: Path) -> dict[str,
     meta_path = folder / 'bench_teacher.json'
     if meta_path.exists():
         return json.loads(meta_path.read_text())
+    if not train:
+        raise SystemExit(f'convergence: the {kind} teacher is not trained yet ({folder}); run its regime first.')
     tokenizer = AutoTokenizer.from_pretrained(plan['corpus']['tokenizer'])
     init = cache / f'teacher-{kind}-{key}-config'
     save_llama(
@@ -365,34 +371,50 @@ def target_job(arm: dict, seed: int, plan: dict, teacher: dict) -> dict[str, Any
             args.append(f'algorithms.{algo}.{k}={v}')
         if arm[algo]:
             args.append(f'algorithms.{algo}.teacher={teacher["folder"]}')
+    if arm['let'] and plan.get('cross_tokenizer'):
+        args.append('algorithms.let.cross_tokenizer=true')
     return {'args': args}
 
 
 # Main ---------------------------------------------------------------------------------------------------
 
 
-def make_plan(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
-    if args.smoke:
+def make_plan(
+    regime: str | None,
+    cache: Path,
+    width: int | None = None,
+    target_steps: int | None = None,
+    tag: str | None = None,
+    smoke: bool = False,
+    cross_teacher: bool = False,
+    train_teacher: bool = True,
+) -> dict[str, Any]:
+    """Sizes, run length, corpus and teacher of one experiment (the corpus and teacher are built if needed).
+
+    ``cross_teacher``: the regime's teacher architecture and training, on another tokenizer
+    (``CROSS_VOCAB``-token BPE): LET arms then align across tokenizers.
+    """
+    if smoke:
         corpus_cfg, batch, eval_batches = SMOKE['corpus'], SMOKE['batch'], SMOKE['eval_batches']
         teacher_size, target, run = SMOKE['teacher'], dict(SMOKE['target']), dict(SMOKE['run'])
         teacher_kind, name = 'smoke', 'smoke'
     else:
-        if not args.regime:
+        if not regime:
             raise SystemExit('convergence: choose --regime teacher-ahead, overtake or weak-teacher (or --smoke).')
-        regime = REGIMES[args.regime]
+        spec = REGIMES[regime]
         corpus_cfg, batch, eval_batches = CORPUS, BATCH, EVAL_BATCHES
-        teacher_kind = regime['teacher']
+        teacher_kind = spec['teacher']
         teacher_size, target = TEACHERS[teacher_kind], dict(TARGET)
-        run = {k: regime[k] for k in ('steps', 'warmup', 'eval_interval')}
-        name = args.regime
-    if args.width:
-        target.update(hidden=args.width, intermediate=4 * args.width, heads=max(1, args.width // 32))
-        name += f'-w{args.width}'
-    if args.target_steps:
-        run['steps'] = args.target_steps
+        run = {k: spec[k] for k in ('steps', 'warmup', 'eval_interval')}
+        name = regime
+    if width:
+        target.update(hidden=width, intermediate=4 * width, heads=max(1, width // 32))
+        name += f'-w{width}'
+    if target_steps:
+        run['steps'] = target_steps
     plan = {
-        'name': args.tag or name,
-        'regime': args.regime,
+        'name': tag or name,
+        'regime': regime,
         'seq': corpus_cfg['seq'],
         'batch': batch,
         'eval_batches': eval_batches,
@@ -400,7 +422,13 @@ def make_plan(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
         'run': run,
     }
     plan['corpus'] = prepare_corpus(corpus_cfg, cache)
-    plan['teacher'] = prepare_teacher(teacher_kind, teacher_size, plan, cache)
+    teacher_plan = plan
+    if cross_teacher:
+        plan['name'] += '-cross-tokenizer'
+        teacher_kind += f'-bpe{CROSS_VOCAB}'
+        teacher_plan = {**plan, 'corpus': prepare_corpus({**corpus_cfg, 'vocab': CROSS_VOCAB}, cache)}
+    plan['teacher'] = prepare_teacher(teacher_kind, teacher_size, teacher_plan, cache, train=train_teacher)
+    plan['cross_tokenizer'] = cross_teacher
     return plan
 
 
@@ -417,6 +445,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--seeds', default='1,2,3', help='comma list of seeds (default 1,2,3)')
     parser.add_argument('--width', type=int, help='target width (8 blocks kept; heads of 32)')
     parser.add_argument('--target-steps', type=int, help="override the regime's run length")
+    parser.add_argument(
+        '--cross-teacher', action='store_true', help=f'the teacher on another tokenizer ({CROSS_VOCAB}-token BPE)'
+    )
     parser.add_argument('--jobs', type=int, default=1, help='runs in parallel, one process of one thread each')
     parser.add_argument('--plan', action='store_true', help='list the runs (cached or not) and stop')
     parser.add_argument('--tag', help='results folder name (default: the regime, -w<width>)')
@@ -425,7 +456,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     cache = args.results / 'cache'
     started, machine = time.time(), machine_facts()
-    plan = make_plan(args, cache)
+    plan = make_plan(args.regime, cache, args.width, args.target_steps, args.tag, args.smoke, args.cross_teacher)
     teacher = plan['teacher']
     arms = arm_specs(args)
     seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
