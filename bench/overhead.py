@@ -172,8 +172,9 @@ def _overrides(cfg: dict, family: str, arm: str, assets: dict[str, Path], total:
         args.append(f'variables.vocab_size={cfg["vocab"]}')
     if arm != 'baseline':
         spec = parse_arm(arm)
+        teacher = assets['teacher_cross'] if 'cross_tokenizer' in spec['let'] else assets['teacher']
         args += [
-            f'algorithms.let.teacher={assets["teacher"]}',
+            f'algorithms.let.teacher={teacher}',
             f'algorithms.let.stop={stop}ba',
             f'algorithms.let.teacher_dtype={spec["dtype"]}',
             *(f'algorithms.let.{k}={v}' for k, v in spec['let'].items()),
@@ -182,7 +183,10 @@ def _overrides(cfg: dict, family: str, arm: str, assets: dict[str, Path], total:
 
 
 def parse_arm(arm: str) -> dict[str, Any]:
-    """``let-<dtype>[-ce<N>][-noprobe]``: teacher dtype, ``ce_tokens`` (default: LET's), gradient probe off.
+    """``let-<dtype>[-ce<N>][-noprobe][-cross]``: teacher dtype, ``ce_tokens`` (default: LET's), probe off, cross.
+
+    ``-cross`` uses the teacher on another tokenizer with ``cross_tokenizer: true`` (re-tokenized in the
+    loader; ``num_workers: 0`` here, so inside the step's process but before its timed window).
 
     ``-noprobe`` replaces LET's gradient probe by the identity in that arm's process only, so the
     per-turn ratio against the same arm with the probe is the probe's cost in real steps.
@@ -196,6 +200,8 @@ def parse_arm(arm: str) -> dict[str, Any]:
             spec['let']['ce_tokens'] = int(part[2:])
         elif part == 'noprobe':
             spec['probe'] = False
+        elif part == 'cross':
+            spec['let']['cross_tokenizer'] = 'true'
         else:
             raise ValueError(f'overhead: arm {arm!r}: unknown part {part!r}.')
     return spec
@@ -283,9 +289,11 @@ def _receive(conn: Any, proc: Any, arm: str) -> tuple:
 def profile_components(cfg: dict, assets: dict[str, Path], reps: int) -> dict[str, Any]:
     """Time LET's pieces (teacher fp32/bf16, LM head, interpolate, loss) against the student's fwd+bwd."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from composer_let.alignment import alignment_loss, interpolate_width
+    from composer_let.alignment import alignment_loss, interpolate_width, pool_width
+    from composer_let.cross_tokenizer import TokenBridge
+    from composer_let.diagnostics import GradientProbe, sampled_positions, token_nll
     from composer_let.teacher import load_teacher
 
     torch.manual_seed(0)
@@ -320,6 +328,34 @@ def profile_components(cfg: dict, assets: dict[str, Path], reps: int) -> dict[st
         loss, _ = alignment_loss(h_student, h_interp)
         loss.backward()
 
+    def align_probed() -> None:  # what LET runs: the alignment on the probed output, plus the probe's sums
+        probe = GradientProbe()
+        hidden = h_student * 1.0
+        loss, _ = alignment_loss(probe.watch(hidden), h_interp)
+        (loss + hidden.sum() * 1e-3).backward()  # a second consumer of h, as the next block is
+        probe.take()
+
+    def align_plain_two_consumers() -> None:  # the same graph without the probe
+        hidden = h_student * 1.0
+        loss, _ = alignment_loss(hidden, h_interp)
+        (loss + hidden.sum() * 1e-3).backward()
+
+    head = teachers['float32'].get_output_embeddings()
+    labels = torch.randint(0, cfg['vocab'], (cfg['batch'], cfg['seq']))
+    student_logits = torch.randn(cfg['batch'] * cfg['seq'], cfg['vocab'])
+
+    def sampled_ce() -> None:  # let/teacher_ce and let/student_ce on ce_tokens positions
+        rows, targets = sampled_positions(labels, LET_CE_TOKENS, 0)
+        token_nll(head(h_teacher.reshape(-1, h_teacher.shape[-1]).index_select(0, rows)), targets)
+        token_nll(student_logits.index_select(0, rows), targets)
+
+    bridge = TokenBridge(
+        AutoTokenizer.from_pretrained(assets['teacher']),
+        AutoTokenizer.from_pretrained(assets['teacher_cross']),
+        max_length=2 * cfg['seq'],
+    )
+    data_ids = _data_batch(assets, cfg)
+
     pieces = {
         'student_fwd_bwd': student_fwd_bwd,
         'teacher_backbone_fp32': lambda: teachers['float32'].base_model(input_ids=ids, use_cache=False),
@@ -327,13 +363,18 @@ def profile_components(cfg: dict, assets: dict[str, Path], reps: int) -> dict[st
         'teacher_backbone_fp32_inference_mode': lambda: _inference(teachers['float32'].base_model, ids),
         'teacher_with_lm_head_fp32': lambda: teachers['float32'](input_ids=ids, use_cache=False),
         'interpolate_width': lambda: interpolate_width(h_teacher.float(), s['hidden']),
+        'pool_width': lambda: pool_width(torch.randn(cfg['batch'], cfg['seq'], 576), s['hidden']),
         'alignment_loss_fwd_bwd': align,
+        'alignment_two_consumers_fwd_bwd': align_plain_two_consumers,
+        'alignment_two_consumers_probed_fwd_bwd': align_probed,
+        'sampled_ce_256_positions': sampled_ce,
+        'cross_tokenizer_bridge': lambda: bridge(data_ids),
     }
     samples: dict[str, list[float]] = {k: [] for k in pieces}
     names = list(pieces)
     for rep in range(reps + 1):
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
-            grad = name in ('student_fwd_bwd', 'alignment_loss_fwd_bwd')
+            grad = name in ('student_fwd_bwd',) or name.startswith('alignment')
             with torch.set_grad_enabled(grad):
                 t0 = time.perf_counter()
                 pieces[name]()
@@ -364,6 +405,19 @@ def profile_components(cfg: dict, assets: dict[str, Path], reps: int) -> dict[st
     return out
 
 
+LET_CE_TOKENS = 256  # LET's default ce_tokens
+
+
+def _data_batch(assets: dict[str, Path], cfg: dict) -> Any:
+    """A real batch of token rows from the shards (the bridge's cost depends on the text)."""
+    import torch
+    from streaming import StreamingDataset
+
+    dataset = StreamingDataset(local=str(assets['data']), split='train', shuffle=False, batch_size=cfg['batch'])
+    rows = [torch.as_tensor(dataset[i]['tokens'][: cfg['seq']], dtype=torch.long) for i in range(cfg['batch'])]
+    return torch.stack(rows)
+
+
 def _inference(backbone: Any, ids: Any) -> Any:
     import torch
 
@@ -377,8 +431,8 @@ def build_assets(cfg: dict, folder: Path) -> dict[str, Path]:
 
     t = cfg['teacher']
     folder = folder / f'v{cfg["vocab"]}-{t["hidden"]}x{t["layers"]}-s{cfg["seq"]}-c{cfg["text_chars"]}'
-    marker = folder / 'ready'
-    assets = {'teacher': folder / 'teacher', 'data': folder / 'data'}
+    marker = folder / 'ready-2'
+    assets = {'teacher': folder / 'teacher', 'data': folder / 'data', 'teacher_cross': folder / 'teacher-cross'}
     if marker.exists():
         return assets
     shutil.rmtree(folder, ignore_errors=True)  # a half-built folder from an interrupted run
@@ -388,6 +442,16 @@ def build_assets(cfg: dict, folder: Path) -> dict[str, Path]:
         assets['teacher'], tokenizer, hidden=t['hidden'], layers=t['layers'], heads=t['heads'], max_positions=cfg['seq']
     )
     write_token_shards(assets['data'], tokenizer, texts, seq_len=cfg['seq'], splits={'train': 1.0})
+    # The same teacher on another tokenizer (twice the vocabulary), for the cross-tokenizer arm and profile.
+    other = build_tokenizer(folder / 'tokenizer-cross', texts[::-1], vocab_size=2 * cfg['vocab'])
+    save_llama(
+        assets['teacher_cross'],
+        other,
+        hidden=t['hidden'],
+        layers=t['layers'],
+        heads=t['heads'],
+        max_positions=2 * cfg['seq'],
+    )
     marker.touch()
     return assets
 
