@@ -95,6 +95,38 @@ def output_logits(outputs: Any) -> torch.Tensor:
     return outputs['logits'] if isinstance(outputs, dict) else outputs.logits
 
 
+class SeededLinear(nn.Linear):
+    """``projection: linear``'s ``d_S -> d_T`` map, initialised from the run's rank-zero seed on every rank.
+
+    Composer seeds every rank differently (seed + rank), and with ``init_device: meta`` FSDP calls
+    ``reset_parameters`` on each rank's shard after sharding: drawing the full weight from one seed
+    and keeping this rank's part gives the same weight for any world size and init device.
+    """
+
+    def __init__(self, width_in: int, width_out: int, seed: int, device: torch.device | str | None = None):
+        self.seed = seed
+        super().__init__(width_in, width_out, bias=False, device=device)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        if self.weight.is_meta:
+            return  # materialised later (FSDP's meta init calls this again on the real shard)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            full = nn.init.kaiming_uniform_(torch.empty(self.weight.shape), a=math.sqrt(5))
+        weight = self.weight
+        if hasattr(weight, 'device_mesh'):  # an FSDP2 shard (DTensor): this rank's rows of the same draw
+            from torch.distributed.tensor import distribute_tensor
+
+            shard = distribute_tensor(full, weight.device_mesh, weight.placements, src_data_rank=None).to_local()
+            weight.to_local().copy_(shard)
+        else:
+            weight.copy_(full.to(weight.device, weight.dtype))
+
+    def param_init_fn(self, module: nn.Module) -> None:  # Composer prefers a module's own over the model's
+        module.reset_parameters()
+
+
 class LET(Algorithm):
     """Late-to-Early Training: a frozen small teacher's late features guide an early student block.
 
@@ -428,11 +460,7 @@ class LET(Algorithm):
     def _add_projection(self, state: State, width_s: int, width_t: int) -> None:
         """Put a learned ``d_S -> d_T`` map on the model so DDP/FSDP, the optimizer and checkpoints see it."""
         device = next(state.model.parameters()).device
-        # Composer seeds every rank differently (seed + rank); FSDP keeps each rank's shard as is, so draw the
-        # initial weight from the run's rank-zero seed: the same on every rank and for any world size.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(state.rank_zero_seed)
-            self._projection = nn.Linear(width_s, width_t, bias=False).to(device)
+        self._projection = SeededLinear(width_s, width_t, seed=state.rank_zero_seed, device=device)
         state.model.let_projection = self._projection
         if not state.optimizers:
             raise ValueError(f'{SECTION}.projection=linear needs an optimizer to train the projection.')
@@ -452,6 +480,7 @@ class LET(Algorithm):
             layers,
             owner=state,
             key=f'{SECTION}.teacher',
+            packed=self._packed,
         )
         self._head = self._runner.model.get_output_embeddings() if measure_ce else None
         self._guard = BatchGuard(self._shape, SECTION)

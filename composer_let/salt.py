@@ -203,6 +203,7 @@ class SALT(Algorithm):
             {final: self._final_width},  # the final-norm hidden state; the LM head runs inside the KD loss
             owner=state,
             key=f'{SECTION}.teacher',
+            packed=self._packed,
         )
         head = runner.model.get_output_embeddings()
         if head is None or getattr(head, 'weight', None) is None or head.weight.shape[-1] != self._final_width:

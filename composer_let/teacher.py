@@ -279,6 +279,7 @@ class TeacherRunner:
         self._hooked: tuple[frozenset[int], bool] = (frozenset(), False)
         self._cache_key: tuple[torch.Tensor | None, ...] | None = None
         self._cache: dict[int, torch.Tensor] = {}
+        self._widths: dict[int, int] = {}
 
     @property
     def dtype(self) -> torch.dtype:
@@ -287,7 +288,9 @@ class TeacherRunner:
     def request(self, layer: int) -> None:
         if not 0 <= layer < self.num_layers:
             raise ValueError(f'Teacher layer {layer} is out of range 0..{self.num_layers - 1}.')
-        self.layers.add(layer)
+        if layer not in self.layers:
+            self.layers.add(layer)
+            self._cache_key, self._cache = None, {}  # the cached outputs lack the new layer
 
     def _hook_layers(self) -> None:
         wanted = frozenset(i for i in self.layers if i != self.num_layers - 1)
@@ -350,18 +353,31 @@ class TeacherRunner:
         return self._cache
 
     def widths(self, device: torch.device | str) -> dict[int, int]:
-        """Width of every requested layer, from a 2-token forward.
+        """Width of every requested layer, from a 2-token forward (run again only for new layers).
 
         The probe goes through the packed-document path (an explicit 4-D mask and position ids),
         which also spares weightless (fake) tensors the data-dependent mask checks of some models.
         """
+        if not self.layers <= self._widths.keys():
+            probe = torch.zeros(1, 2, dtype=torch.long, device=device)
+            try:
+                outputs = self(probe, sequence_id=torch.zeros_like(probe))
+            except Exception:  # a model without 4-D masks (GPT-2): the plain path
+                outputs = self(probe)
+            self._cache_key, self._cache = None, {}
+            self._widths.update({layer: int(hidden.shape[-1]) for layer, hidden in outputs.items()})
+        return {layer: self._widths[layer] for layer in self.layers}
+
+    def takes_packed_documents(self, device: torch.device | str) -> str | None:
+        """``None`` if the teacher runs with a per-document mask (:func:`packed_attention`), else why not."""
         probe = torch.zeros(1, 2, dtype=torch.long, device=device)
         try:
-            outputs = self(probe, sequence_id=torch.zeros_like(probe))
-        except Exception:  # a model without 4-D masks (GPT-2): the plain path
-            outputs = self(probe)
-        self._cache_key, self._cache = None, {}
-        return {layer: int(hidden.shape[-1]) for layer, hidden in outputs.items()}
+            self(probe, sequence_id=torch.zeros_like(probe))
+        except Exception as e:
+            return f'{type(e).__name__}: {e}'
+        finally:
+            self._cache_key, self._cache = None, {}
+        return None
 
     def release(self) -> None:
         """Drop this user of a pooled runner (see :func:`acquire_teacher`)."""
@@ -462,17 +478,26 @@ def start_teacher(
     widths: dict[int, int],
     owner: object,
     key: str,
+    packed: bool = False,
 ) -> TeacherRunner:
     """Acquire the teacher (:func:`acquire_teacher`), request ``widths``' layers and check their real widths.
 
     ``widths`` maps block index to the width expected from the weightless probe at INIT (``-1``:
-    any). On any error the runner is released again, so a failed start never keeps a teacher loaded.
+    any). ``packed``: the student attends within documents, so the teacher must take a per-document
+    mask. On any error the runner is released again, so a failed start never keeps a teacher loaded.
     """
     runner = acquire_teacher(path, dtype, device, num_layers, owner=owner)
     try:
         for layer in widths:
             runner.request(layer)
         measured = runner.widths(device)
+        why = runner.takes_packed_documents(device) if packed else None
+        if why is not None:
+            raise ValueError(
+                f'{key}={path!r}: the student attends within documents (attn_uses_sequence_id) but this teacher '
+                f'({type(runner.model).__name__}) takes no per-document (4-D) attention mask ({why}). Use a teacher '
+                'that does (Llama, Qwen2, GPT-NeoX, OPT) or set model.attn_config.attn_uses_sequence_id: false.',
+            )
         for layer, expected in widths.items():
             if expected >= 0 and measured[layer] != expected:
                 raise ValueError(

@@ -31,7 +31,11 @@ def _evaluate(tmp_path: Path, *overrides: str, only: tuple[str, ...] = ICL_TASKS
     finally:
         os.chdir(cwd)
     logger = next(d for d in trainers[0].logger.destinations if isinstance(d, InMemoryLogger))
-    return {key: float(values[-1][1]) for key, values in logger.data.items() if key.startswith('metrics/')}
+    metrics = {key: float(values[-1][1]) for key, values in logger.data.items() if key.startswith('metrics/')}
+    # How many examples each ICL accuracy counted (their torchmetrics ``total`` state), as scored/<label>.
+    for label, by_name in trainers[0].state.eval_metrics.items():
+        metrics.update({f'scored/{label}': int(m.total) for m in by_name.values() if hasattr(m, 'total')})
+    return metrics
 
 
 @needs_icl
@@ -42,13 +46,16 @@ def test_every_task_and_heldout_perplexity_on_a_tiny_model(assets: dict[str, Pat
         f'variables.data_local={assets["data"]}',
         f'variables.icl_dir={icl_subset(tmp_path / "icl", rows=4)}',
         'variables.max_seq_len=256',  # the tiny tokenizer spends many tokens on English
-        'variables.batch=4',
+        # 16 sequences per batch: 2 batches (eval_batches also caps each ICL task) hold all 4 rows of every task,
+        # 4-choice ones included (4 sequences per row).
+        'variables.batch=16',
         'variables.eval_batches=2',
     )
     kinds = {'lambada_openai': 'InContextLearningLMAccuracy'}
     for task in ICL_TASKS:
         key = f'metrics/{task}/0-shot/{kinds.get(task, "InContextLearningMultipleChoiceAccuracy")}'
-        assert 0.0 <= metrics[key] <= 1.0, key
+        assert metrics[f'scored/{task}/0-shot'] == 4, task  # every row of the subset, each once
+        assert (4 * metrics[key]).is_integer(), key  # correct / 4
     # A random-init model over a 512-token vocabulary: held-out cross-entropy near ln(512) = 6.24.
     assert abs(metrics['metrics/eval/LanguageCrossEntropy'] - math.log(512)) < 0.5
 

@@ -100,8 +100,8 @@ def test_salt_trains_mpt_with_a_padded_vocabulary(train, spy) -> None:
     assert all(math.isfinite(k) and k > 0 for k in kd)
     for k, c, t in zip(kd, ce, total[:3], strict=True):
         assert t == pytest.approx(0.5 * c + 0.5 * k, rel=1e-5)
-    # Two microbatches per batch: two teacher forwards per active batch, none after stop.
-    assert [s['forwards'] for s in spy.seen[:3]] == [2, 4, 6]
+    # One width probe at start, then two microbatches per batch: two teacher forwards per active batch.
+    assert [s['forwards'] for s in spy.seen[:3]] == [3, 5, 7]
     assert all(s['ids']['SALT'] is None for s in spy.seen[3:])
     salt = salt_of(trainer)
     assert not salt.active and salt._runner is None
