@@ -107,3 +107,22 @@ def best_arm(summary: dict[str, Any], names: list[str], min_seeds: int = 2) -> s
         if n in summary and summary[n]['final_loss']['n'] >= min_seeds
     ]
     return min(scored)[2] if scored else None
+
+
+def simulate_auto_stop(series: dict[str, list[list[float]]], **rule: Any) -> int | None:
+    """The batch at which ``composer_let.control.AutoStop(**rule)`` would fire on a run's logged diagnostics.
+
+    Exact for a run whose λ schedule equals ``stop: auto``'s up to that batch (the same ``stop_max``):
+    until the decision, auto stop changes nothing, so the logged signals are the ones it would see.
+    """
+    from composer_let.control import AutoStop
+
+    stop = AutoStop(**rule)
+    teacher = dict((int(s), v) for s, v in series.get('let/teacher_ce', []))
+    student = dict((int(s), v) for s, v in series.get('let/student_ce', []))
+    cos = dict((int(s), v) for s, v in series.get('let/grad_cos', []))
+    for batch in sorted(set(teacher) | set(cos)):
+        stop.observe(batch, teacher.get(batch), student.get(batch), cos.get(batch))
+        if stop.fired_at is not None:
+            return stop.fired_at
+    return None

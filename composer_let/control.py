@@ -85,8 +85,8 @@ class AutoStop:
 
     Signals, each smoothed by an EMA over batches (``beta``) and read after ``warmup`` batches:
 
-    * ``ce``: the student's CE falls below the teacher's on the same tokens (``student − teacher``
-      below ``-margin`` nats): the student has passed its teacher.
+    * ``ce``: the student's CE comes within ``ce_gap`` nats of the teacher's on the same tokens
+      (``student − teacher < ce_gap``; 0: the student has passed its teacher).
     * ``conflict``: the alignment's gradient at the hooked block opposes the rest of the loss's
       (``let/grad_cos`` below ``-cos_threshold``) persistently.
 
@@ -98,19 +98,19 @@ class AutoStop:
     signals: tuple[str, ...] = ('ce', 'conflict')
     beta: float = 0.9
     warmup: int = 10
-    margin: float = 0.0
+    ce_gap: float = 0.0
     cos_threshold: float = 0.0
     ramp_share: float = 0.1
-    ce_gap: Ema | None = None
-    grad_cos: Ema | None = None
+    gap_ema: Ema | None = None
+    cos_ema: Ema | None = None
     seen: int = 0
     fired_at: int | None = None
     fired_by: str | None = None
     ramp_batches: int = 0
 
     def __post_init__(self) -> None:
-        self.ce_gap = self.ce_gap or Ema(self.beta)
-        self.grad_cos = self.grad_cos or Ema(self.beta)
+        self.gap_ema = self.gap_ema or Ema(self.beta)
+        self.cos_ema = self.cos_ema or Ema(self.beta)
         self.signals = tuple(self.signals)
 
     def observe(self, batch: int, teacher_ce: float | None, student_ce: float | None, grad_cos: float | None) -> None:
@@ -119,9 +119,9 @@ class AutoStop:
             return
         self.seen += 1
         if teacher_ce is not None and student_ce is not None and math.isfinite(teacher_ce - student_ce):
-            self.ce_gap.update(student_ce - teacher_ce)  # type: ignore[union-attr]
+            self.gap_ema.update(student_ce - teacher_ce)  # type: ignore[union-attr]
         if grad_cos is not None and math.isfinite(grad_cos):
-            self.grad_cos.update(grad_cos)  # type: ignore[union-attr]
+            self.cos_ema.update(grad_cos)  # type: ignore[union-attr]
         if self.seen < self.warmup:
             return
         reason = self.reason()
@@ -129,8 +129,8 @@ class AutoStop:
             self.fire(batch, reason)
 
     def reason(self) -> str | None:
-        gap, cos = self.ce_gap.mean, self.grad_cos.mean  # type: ignore[union-attr]
-        if 'ce' in self.signals and gap is not None and gap < -self.margin:
+        gap, cos = self.gap_ema.mean, self.cos_ema.mean  # type: ignore[union-attr]
+        if 'ce' in self.signals and gap is not None and gap < self.ce_gap:
             return 'ce'
         if 'conflict' in self.signals and cos is not None and cos < -self.cos_threshold:
             return 'conflict'
@@ -142,7 +142,7 @@ class AutoStop:
 
     def signal(self) -> float:
         """The smoothed quantity closest to firing, for logging: the CE gap (nats) or the gradient cosine."""
-        gap, cos = self.ce_gap.mean, self.grad_cos.mean  # type: ignore[union-attr]
+        gap, cos = self.gap_ema.mean, self.cos_ema.mean  # type: ignore[union-attr]
         if 'ce' in self.signals and gap is not None:
             return gap
         return cos if cos is not None else math.nan
@@ -161,6 +161,6 @@ class AutoStop:
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> AutoStop:
         d = dict(d)
-        d['ce_gap'], d['grad_cos'] = _ema_from(d['ce_gap']), _ema_from(d['grad_cos'])
+        d['gap_ema'], d['cos_ema'] = _ema_from(d['gap_ema']), _ema_from(d['cos_ema'])
         d['signals'] = tuple(d['signals'])
         return cls(**d)

@@ -72,7 +72,7 @@ class TeacherInputs(Callback):
     def before_forward(self, state: State, logger: Logger) -> None:
         let = next(a for a in state.algorithms if isinstance(a, LET))
         input_ids = state.batch['input_ids']
-        assert let._runner._cache_key is input_ids  # the very tensor SeqLengthWarmup produced
+        assert let._runner._cache_key[0] is input_ids  # the very tensor SeqLengthWarmup produced
         assert let._teacher_hidden.shape[:2] == input_ids.shape
         self.lengths.append(input_ids.shape[1])
 
