@@ -56,15 +56,17 @@ def resolve_teacher(teacher: str) -> str:
 
     # Local rank 0 downloads first; every rank then learns whether any node's download failed, so a
     # failure raises on every rank with its reason instead of leaving the others at a barrier.
-    error = ''
+    error, path = '', ''
     if dist.get_local_rank() == 0:
         try:
-            download()
+            path = download()
         except Exception as e:
             error = failure(e)
     errors = [e for e in dist.all_gather_object(error) if e]
     if errors:
         raise TeacherError(errors[0])
+    if path:
+        return path
     try:
         return download()  # from the local cache now
     except Exception as e:

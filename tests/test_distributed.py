@@ -31,7 +31,7 @@ import composer_let.algorithm
 
 from conftest import ROOT, SEQ_LEN, VOCAB, in_memory, yaml_path
 
-KEYS = ('loss/train/total', 'loss/train/let_align', 'let/lambda', 'let/cosine')
+KEYS = ('loss/train/total', 'loss/train/let_align', 'let/lambda', 'let/cosine', 'let/grad_ratio')
 # 4 batches of 4 rows; λ from 0.1 to 0 at batch 2, so batches 3-4 run after stop with an idle projection.
 # No warmup: Composer's warmup gives lr 0 to the first two steps, which would leave the projection untrained.
 MPT_RUN = ('max_duration=4ba', 'algorithms.let.stop=2ba', 'algorithms.let.projection=linear', 'eval_interval=4ba')
@@ -136,9 +136,11 @@ def assert_matches_one_process(ranks: list[dict[str, Any]], reference: dict[str,
         [0.0] * (len(align) - active) if ranks[0]['model_class'] == 'DistributedDataParallel' else []
     )
     assert metrics[0]['let/lambda'] == metrics[1]['let/lambda'] == expected['let/lambda']
-    # Each rank logs the cosine of its own rows; equal token counts, so their mean is the one-process cosine.
-    mean_cosine = [(a + b) / 2 for a, b in zip(metrics[0]['let/cosine'], metrics[1]['let/cosine'], strict=True)]
-    assert mean_cosine == pytest.approx(expected['let/cosine'], abs=ALIGN_TOLERANCE)
+    # LET reduces its statistics across ranks: both log the whole batch's cosine and gradient ratio.
+    for key in ('let/cosine', 'let/grad_ratio'):
+        assert metrics[0][key] == metrics[1][key], key
+    assert metrics[0]['let/cosine'] == pytest.approx(expected['let/cosine'], abs=ALIGN_TOLERANCE)
+    assert metrics[0]['let/grad_ratio'] == pytest.approx(expected['let/grad_ratio'], rel=LOSS_TOLERANCE)
     for rank in ranks:
         # The teacher: loaded once per rank, never part of the wrapped (DDP/FSDP) model.
         assert len(rank['teacher_loads']) == 1

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The regime study behind README's verdict (issues 10-12), as run for bench/reported/regimes/.
+# Every run is cached in bench/results/runs/, so phases can be rerun, reordered or interrupted;
+# `python bench/report.py --out bench/reported/regimes` then summarises whatever has run.
+# Usage: bash bench/regimes.sh <phase>   (two 1-thread processes on the 2 cores: --jobs 2)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+py="${PY:-python}"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+run() { "$py" bench/convergence.py --jobs 2 "$@"; }
+best="${BEST_LAMBDA0:-1}"  # teacher-ahead's best λ0 from phase sweep-ahead
+
+case "${1:-}" in
+  base)  # 3 seeds of baseline and the paper's setting (λ0 0.1, stop 0.25dur) in the two short regimes
+    run --regime teacher-ahead --seeds 1,2,3
+    run --regime weak-teacher --seeds 1,2,3 ;;
+  sweep-ahead)  # λ0 sweep, 2 seeds
+    run --regime teacher-ahead --seeds 1,2 --lambda0s 0.01,0.03,0.3,1,3 ;;
+  auto-weak)  # acceptance 1 of issue 11: stop: auto at the default λ0 against the baseline
+    run --regime weak-teacher --seeds 1,2,3 --arms 'baseline;let;let:stop=auto' ;;
+  best-ahead)  # the best λ0 at 3 seeds, S_stop at it, stop: auto at it
+    run --regime teacher-ahead --seeds 1,2,3 --arms "baseline;let;let:lambda0=$best;let:lambda0=$best,stop=auto"
+    run --regime teacher-ahead --seeds 1,2 --stops 0.1dur,0.5dur --stop-lambda0s "$best" ;;
+  cross)  # issue 12: the same teacher recipe on a 4096-token BPE, LET across tokenizers at the best λ0
+    run --regime teacher-ahead --cross-teacher --seeds 1,2 --arms "baseline;let:lambda0=$best" ;;
+  overtake)  # the paper's regime, one seed (1800 steps: ~4x a short run)
+    run --regime overtake --seeds 1 --arms "baseline;let:lambda0=$best" ;;
+  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|cross|overtake" >&2; exit 2 ;;
+esac
