@@ -600,9 +600,10 @@ class LET(Algorithm):
                 f"LET: the teacher's hidden states are inf/NaN in batch {batch}: {self.teacher} overflows in "
                 f'teacher_dtype={self.teacher_dtype}. Set {SECTION}.teacher_dtype: bf16 (the range of fp32) or fp32.'
             )
+        strength_key = 'grad_ratio' if self.relative is not None else 'lambda0'
         return (
             f'LET: the alignment is inf/NaN in batch {batch} while the teacher is finite: the student block '
-            f'{self._student_path} diverged. Lower the learning rate or {SECTION}.lambda0.'
+            f'{self._student_path} diverged. Lower the learning rate or {SECTION}.{strength_key}.'
         )
 
     def _release(self) -> None:

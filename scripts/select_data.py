@@ -6,7 +6,7 @@
 Writes ``<out>/<split>/`` (llm-foundry ``text`` shards: the source columns plus ``score`` and
 ``source_index``), ``<out>/<split>.scores.npy`` (one score per source row, NaN = no learnable
 token) and ``<out>/<split>.selection.json``. Interrupted? Run the same command again: scoring
-continues from its last save. See ``composer_let/selection.py`` for the definition of the score.
+continues from its last save. See ``composer_let/prep/selection.py`` for the definition of the score.
 """
 
 from __future__ import annotations

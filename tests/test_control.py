@@ -52,12 +52,24 @@ def test_auto_stop_fires_on_the_ce_crossing_after_warmup_and_ramps() -> None:
     assert stop.fired_at == 3
 
 
-def test_auto_stop_waits_while_the_student_is_behind() -> None:
+def test_auto_stop_waits_while_the_student_levels_off_behind() -> None:
     stop = AutoStop(signals=('ce',), warmup=2)
-    for batch in range(1, 50):
-        stop.observe(batch, teacher_ce=3.0, student_ce=3.0 + 1.0 / batch, grad_cos=-1.0)
+    for batch in range(1, 200):  # the gap closes ever more slowly towards 1 nat: never on course to cross
+        stop.observe(batch, teacher_ce=3.0, student_ce=4.0 + 1.0 / batch, grad_cos=-1.0)
     assert stop.fired_at is None  # the conflict signal is not enabled
-    assert stop.signal() > 0
+    assert stop.signal() > 1.0
+
+
+def test_auto_stop_fires_when_the_student_is_on_course_to_pass_within_the_horizon() -> None:
+    # gap(b) = 2 - 0.05 b: at batch b the student would pass in 40 - b batches; horizon 1 fires once 40 - b < b.
+    stop = AutoStop(signals=('ce',), warmup=2, beta=0.0)
+    for batch in range(1, 40):
+        stop.observe(batch, teacher_ce=3.0, student_ce=5.0 - 0.05 * batch, grad_cos=0.5)
+    assert stop.fired_at == 21 and stop.fired_by == 'ce-trend'
+    later = AutoStop(signals=('ce',), warmup=2, beta=0.0, horizon=0.5)  # 40 - b < b / 2: b > 26.7
+    for batch in range(1, 40):
+        later.observe(batch, teacher_ce=3.0, student_ce=5.0 - 0.05 * batch, grad_cos=0.5)
+    assert later.fired_at == 27
 
 
 def test_auto_stop_conflict_signal_and_long_ramp() -> None:
