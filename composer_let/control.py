@@ -95,9 +95,10 @@ class AutoStop:
 
     ``signals`` picks which of them may fire; the default is ``ce`` alone. On the bench's logged runs
     ``let/grad_cos`` stays within ±0.03 of 0 in every regime, so ``conflict`` fired on noise (batch 10 of
-    a teacher-ahead run) and never where the teacher had stopped helping (bench/README.md). The decision is a pure function of
-    the fed values, so ranks fed the same all-reduced numbers decide alike; the algorithm still
-    broadcasts rank 0's decision.
+    a teacher-ahead run) and never where the teacher had stopped helping (bench/README.md).
+
+    The decision is a pure function of the fed values, so ranks fed the same all-reduced numbers
+    decide alike; the algorithm still broadcasts rank 0's decision.
     """
 
     signals: tuple[str, ...] = ('ce',)
