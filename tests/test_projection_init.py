@@ -2,8 +2,10 @@
 
 LET creates ``let_projection`` at ``Event.INIT`` from ``state.rank_zero_seed`` (``_add_projection``), so one
 process and every rank of a sharded run should start from ``manual_seed(rank_zero_seed); nn.Linear(d_S, d_T)``.
-Checked with llm-foundry's ``model.init_device`` ``mixed`` (rank 0 on CPU, the others on meta, synced from
-rank 0) and ``meta`` (every rank on meta, initialised after ``fully_shard``).
+Checked with llm-foundry's ``model.init_device: meta`` (every rank on meta, initialised after ``fully_shard``),
+the case ``SeededLinear`` exists for. (``mixed``, rank 0 on CPU and the others synced from it by
+``sync_module_states``, passed the same check and was dropped from the suite for time: it exercises
+Composer's broadcast, not LET.)
 
 Also the worker of these 2-process runs: ``composer -n 2 tests/test_projection_init.py <out_dir> <yaml> [k=v ...]``
 runs llm-foundry's ``train_from_yaml`` and writes ``<out_dir>/rank<r>.json`` with the full (gathered)
@@ -98,13 +100,6 @@ def assert_rank_zero_seed_weight(ranks: list[dict[str, Any]]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # two processes importing the stack: minutes on a loaded 2-core machine
-def test_mixed_init_starts_every_rank_from_the_rank_zero_seed(assets, tmp_path: Path) -> None:
-    """``init_device: mixed``: rank 0 draws the projection on CPU, FSDP2 broadcasts it (sync_module_states)."""
-    assert_rank_zero_seed_weight(launch(tmp_path, assets, 'mixed'))
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
 def test_meta_init_starts_every_rank_from_the_rank_zero_seed(assets, tmp_path: Path) -> None:
     """``init_device: meta``: FSDP2 materialises each rank's shard, which SeededLinear fills from the one seeded draw
     (nn.Linear would draw each shard anew: N identical halves instead of the seeded weight)."""

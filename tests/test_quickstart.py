@@ -49,6 +49,10 @@ def test_smoke_run_writes_plot_table_and_records(
     assert '| baseline |' in table and '| let |' in table and 'while the teacher is active' in table
     assert (Path(summary['data']) / 'corpus.json').is_file()  # the stdlib corpus was built for this tokenizer
     assert 'load average' in table
+    # The regime is read from the LET run's own CE diagnostics, logged while the teacher is active.
+    assert [s['batch'] for s in let['steps'] if 'teacher_ce' in s] == [1, 2, 3]
+    assert summary['regime']['at_step'] == 3 and summary['regime']['teacher_ce'] == let['steps'][2]['teacher_ce']
+    assert f'Regime: **{summary["regime"]["regime"]}**' in table and 'Settings: ' in table
 
     from transformers import AutoModelForCausalLM
 
@@ -61,6 +65,20 @@ def test_smoke_run_writes_plot_table_and_records(
         assert all((4 * v).is_integer() for arm in ('baseline', 'let') for v in summary['icl'][arm].values())
         icl = summary['icl']
         assert f'| arc_easy | {icl["baseline"]["arc_easy"]:.3f} | {icl["let"]["arc_easy"]:.3f} |' in table
+
+
+def test_read_regime_tells_a_teacher_far_ahead_from_one_the_student_is_about_to_pass():
+    from composer_let.prep.quickstart import read_regime
+
+    def steps(student_ce):
+        return [{'batch': b, 'teacher_ce': 3.0, 'student_ce': student_ce(b)} for b in range(1, 81)]
+
+    ahead = read_regime(steps(lambda b: 5.0 + 2.0 / b))  # levels off 2 nats above the teacher
+    assert ahead['regime'] == 'teacher-ahead' and ahead['auto_stop_would_fire_at'] is None
+    assert ahead['gap_nats'] == pytest.approx(2.0, abs=0.1) and ahead['at_step'] == 80
+    weak = read_regime(steps(lambda b: 4.0 - 0.02 * b))  # closes 0.02 nats/step: passes at step 50
+    assert weak['regime'] == 'weak-teacher' and 25 < weak['auto_stop_would_fire_at'] < 50
+    assert read_regime([{'batch': 1}])['regime'].startswith('unknown')
 
 
 def test_bad_plan_is_refused_before_anything_runs(tmp_path: Path):

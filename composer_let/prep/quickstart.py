@@ -53,6 +53,8 @@ ARMS = ('baseline', 'let')
 RECORDER = 'let_quickstart_recorder'
 EVAL_KEY = 'metrics/eval/LanguageCrossEntropy'
 ICL_SEQ_LEN = 256  # the longest shared ICL continuation (piqa) is 231 SmolLM2 tokens
+# What bench/README.md measured for this regime (teacher far ahead of the student), and so what the demo runs.
+RECOMMENDATION = 'λ0 = 0.1, S_stop = 25% of the run (placeholder until the sweep lands).'
 NOTE = (
     "Note: on CPU this demo's student is SMALLER than its teacher (SmolLM2-135M by default), so that both runs "
     "fit in minutes on 2 cores. The paper's regime -- a teacher ~10x smaller than the student -- is what the "
@@ -72,6 +74,7 @@ class Plan:
     batch: int = 8
     steps: int = 300
     stop: int = 75  # S_stop in batches
+    lambda0: float = 0.1
     warmup: int = 20
     eval_interval: int = 25
     eval_batches: int = 8
@@ -89,6 +92,7 @@ class Plan:
             f'variables.batch={self.batch}',
             f'variables.steps={self.steps}ba',
             f'variables.stop={self.stop}ba',
+            f'variables.lambda0={self.lambda0}',
             f'variables.warmup={self.warmup}ba',
             f'variables.eval_interval={self.eval_interval}ba',
             f'variables.eval_batches={self.eval_batches}',
@@ -165,6 +169,9 @@ class QuickstartRecorder(LoggerDestination):
             'ce': losses.get('loss/train/ce', losses.get('loss/train/total', math.nan)),
             'lambda': self.latest.get('let/lambda', 0.0),
         }
+        if record['lambda'] > 0 and 'let/teacher_ce' in self.latest:  # the same tokens' CE: the regime
+            record['teacher_ce'] = self.latest['let/teacher_ce']
+            record['student_ce'] = self.latest.get('let/student_ce', math.nan)
         self.steps.append(record)
         total = int(state.max_duration.value) if state.max_duration is not None else 0
         every = self.every or max(1, total // 16)
@@ -306,10 +313,67 @@ def summarize(
         'let_overhead_teacher_active': ratio(let_active, let_after),
         # Across runs: LET's steps after S_stop against the baseline's same steps (~0 when both ran alike).
         'let_overhead_after_stop': ratio(let_after, _mean_seconds(baseline['steps'], after)),
+        'regime': read_regime(let['steps']),
         'let_reached_baseline_final_loss': None
         if reached is None
         else {'step': reached['batch'], 'train_seconds': reached['train_seconds']},
     }
+
+
+def read_regime(steps: list[dict[str, float]]) -> dict[str, Any]:
+    """The regime the LET run was in, read from its own ``let/teacher_ce`` and ``let/student_ce``.
+
+    Uses ``stop: auto``'s rule (``composer_let.control.AutoStop``): a student that passed its teacher,
+    or was on course to within the steps trained so far, had a weak teacher; otherwise the teacher
+    was ahead. Returns the smoothed gap (student − teacher, nats) and its rate of closing at the end.
+    """
+    from composer_let.control import AutoStop
+
+    rows = [s for s in steps if 'teacher_ce' in s and math.isfinite(s['student_ce'])]
+    if not rows:
+        return {'regime': 'unknown (no let/teacher_ce logged: ce_tokens 0?)'}
+    rule = AutoStop()
+    for row in rows:
+        rule.observe(int(row['batch']), row['teacher_ce'], row['student_ce'], None)
+    gap, slope = rule.gap_ema.mean, rule.slope_ema.mean  # type: ignore[union-attr]
+    closing = -slope if slope is not None else 0.0
+    return {
+        'regime': 'weak-teacher' if rule.fired_at is not None else 'teacher-ahead',
+        'at_step': int(rows[-1]['batch']),
+        'teacher_ce': rows[-1]['teacher_ce'],
+        'student_ce': rows[-1]['student_ce'],
+        'gap_nats': gap,
+        'closing_nats_per_step': closing,
+        'steps_to_pass_at_that_rate': gap / closing if gap is not None and closing > 0 else None,
+        'auto_stop_would_fire_at': rule.fired_at,
+    }
+
+
+def regime_lines(regime: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    """The summary's account of the regime (as measured in this run) and of the settings."""
+    if 'gap_nats' not in regime:
+        return [f'Regime: {regime["regime"]}.']
+    at = regime['at_step']
+    lines = [
+        f"Regime: **{regime['regime']}**. On the same training tokens at step {at} the teacher's CE was "
+        f"{regime['teacher_ce']:.2f} and the student's {regime['student_ce']:.2f} (`let/teacher_ce`, "
+        f'`let/student_ce`); the smoothed gap was {regime["gap_nats"]:.2f} nats, closing by '
+        f'{regime["closing_nats_per_step"]:.4f} nats/step'
+        + (
+            f', so at that rate the student would pass the teacher in ~{regime["steps_to_pass_at_that_rate"]:.0f} '
+            'more steps.'
+            if regime['steps_to_pass_at_that_rate'] is not None
+            else '.'
+        ),
+    ]
+    fired = regime['auto_stop_would_fire_at']
+    lines.append(
+        f'`stop: auto` would have stopped the guidance at step {fired} (the student was on course to pass its teacher).'
+        if fired is not None
+        else '`stop: auto` would not have fired: the teacher stayed well ahead (see README, "Does LET pay off?").'
+    )
+    lines.append(f'Settings: {RECOMMENDATION}')
+    return lines
 
 
 def _percent(value: float | None) -> str:
@@ -322,7 +386,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [
         f'Student: {summary["student_parameters"] / 1e6:.1f}M parameters (Llama-style, {plan["layers"]} blocks x '
         f'{plan["hidden"]}), teacher: {"?" if teacher is None else f"{teacher / 1e6:.0f}M"}; {plan["steps"]} steps '
-        f'of {plan["batch"]} x {plan["max_seq_len"]} tokens; LET L2E, λ0 = 0.1, S_stop = {plan["stop"]} steps.',
+        f'of {plan["batch"]} x {plan["max_seq_len"]} tokens; LET L2E, λ0 = {plan["lambda0"]:g}, '
+        f'S_stop = {plan["stop"]} steps.',
+        '',
+        *regime_lines(summary['regime'], plan),
         '',
         '| run | eval loss at S_stop | final eval loss | final eval perplexity | mean step (s) | train time (s) '
         '| peak RSS (MB) |',
@@ -363,7 +430,7 @@ def plot(baseline: dict[str, Any], let: dict[str, Any], plan: Plan, path: Path) 
     import matplotlib.pyplot as plt
 
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for record, name, color in ((baseline, 'baseline', 'tab:gray'), (let, 'LET (L2E, λ0 = 0.1)', 'tab:blue')):
+    for record, name, color in ((baseline, 'baseline', 'tab:gray'), (let, f'LET (L2E, λ0 = {plan.lambda0:g})', 'tab:blue')):
         steps = [e['batch'] for e in record['evals']]
         seconds = [e['train_seconds'] for e in record['evals']]
         losses = [e['loss'] for e in record['evals']]
@@ -427,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--data', help='use these MDS shards (train/, val/) instead of building the stdlib corpus')
     parser.add_argument('--steps', type=int, help=f'training steps per run (default {FULL.steps})')
     parser.add_argument('--stop', type=int, help=f'S_stop in steps (default {FULL.stop})')
+    parser.add_argument('--lambda0', type=float, help=f'LET strength λ0 (default {FULL.lambda0})')
     parser.add_argument('--icl', type=Path, help='folder of llm-foundry ICL task files: also score both students')
     parser.add_argument('--icl-batches', type=int, default=4, help='batches per ICL task (default 4)')
     parser.add_argument('--smoke', action='store_true', help='tiny sizes and a few steps (seconds; for tests)')
@@ -436,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.icl is not None and not args.icl.is_dir():
         raise ValueError(f'--icl {args.icl}: no such folder of ICL task files.')
     plan = SMOKE if args.smoke else FULL
-    plan = replace(plan, steps=args.steps or plan.steps, stop=args.stop or plan.stop)
+    plan = replace(
+        plan, steps=args.steps or plan.steps, stop=args.stop or plan.stop, lambda0=args.lambda0 or plan.lambda0
+    )
     plan.check()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
