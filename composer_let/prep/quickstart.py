@@ -430,7 +430,10 @@ def plot(baseline: dict[str, Any], let: dict[str, Any], plan: Plan, path: Path) 
     import matplotlib.pyplot as plt
 
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for record, name, color in ((baseline, 'baseline', 'tab:gray'), (let, f'LET (L2E, λ0 = {plan.lambda0:g})', 'tab:blue')):
+    for record, name, color in (
+        (baseline, 'baseline', 'tab:gray'),
+        (let, f'LET (L2E, λ0 = {plan.lambda0:g})', 'tab:blue'),
+    ):
         steps = [e['batch'] for e in record['evals']]
         seconds = [e['train_seconds'] for e in record['evals']]
         losses = [e['loss'] for e in record['evals']]
