@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from composer_let.prep.quickstart import main
+from composer_let.prep.quickstart import SMOKE, main
 
 from conftest import ICL_TASKS, SHARED_DATA, icl_subset
 
@@ -32,7 +32,8 @@ def test_smoke_run_writes_plot_table_and_records(
     baseline = json.loads((out / 'baseline' / 'record.json').read_text())
     let = json.loads((out / 'let' / 'record.json').read_text())
     assert [s['batch'] for s in let['steps']] == [1, 2, 3, 4, 5, 6]
-    assert [s['lambda'] for s in let['steps']] == pytest.approx([0.1, 0.1 * 2 / 3, 0.1 / 3, 0, 0, 0])
+    lam = SMOKE.lambda0  # the quickstart's recommended λ0, linear to 0 at S_stop = step 3
+    assert [s['lambda'] for s in let['steps']] == pytest.approx([lam, lam * 2 / 3, lam / 3, 0, 0, 0])
     assert {s['lambda'] for s in baseline['steps']} == {0.0}
     assert [e['batch'] for e in let['evals']] == [e['batch'] for e in baseline['evals']] == [3, 6]
     # Same seed, same init, same data: the first step's cross-entropy is the same in both runs.
