@@ -85,3 +85,28 @@ def test_interpolate_resizes_linearly_along_hidden() -> None:
     torch.testing.assert_close(up[0, 0], torch.linspace(0, 1, 9))  # a line stays a line, corners aligned
     down = interpolate_width(torch.randn(4, 7, 576), 64)
     assert down.shape == (4, 7, 64)
+
+
+def test_pool_width_reads_every_teacher_feature_where_interpolate_skips_most() -> None:
+    from composer_let.alignment import pool_width, resize_width
+
+    hidden = torch.randn(2, 3, 576, dtype=torch.float64)
+    pooled = pool_width(hidden, 128)
+    # 576 = 128 bins of 4.5 features: output j averages features floor(4.5 j) .. ceil(4.5 (j + 1)) - 1.
+    for j in (0, 1, 64, 127):
+        lo, hi = (j * 576) // 128, -((-(j + 1) * 576) // 128)
+        assert torch.allclose(pooled[..., j], hidden[..., lo:hi].mean(-1))
+
+    # Every teacher feature moves the pooled vector; interpolation (the paper's) ignores most of them.
+    def used(resize: str) -> int:
+        x = hidden[:1, :1].clone().requires_grad_(True)
+        resize_width(x, 128, resize).sum().backward()
+        return int((x.grad != 0).sum())
+
+    assert used('pool') == 576
+    assert used('interpolate') <= 256
+    # Widening has nothing to average: pool is the paper's interpolation there.
+    small = torch.randn(4, 32)
+    assert torch.equal(pool_width(small, 64), interpolate_width(small, 64))
+    with pytest.raises(ValueError, match='resize mode'):
+        resize_width(small, 64, 'nearest')
