@@ -229,6 +229,12 @@ class LET(Algorithm):
         if not isinstance(cross_tokenizer, bool):
             raise ValueError(f'{SECTION}.cross_tokenizer={cross_tokenizer!r} must be true or false.')
         self.cross_tokenizer = cross_tokenizer
+        if self.auto_stop and (self.ce_tokens == 0 or cross_tokenizer):
+            raise ValueError(
+                f"{SECTION}.stop: auto decides from the teacher's and the student's CE on the same tokens, "
+                f'which {SECTION}.ce_tokens: 0 turns off and cross_tokenizer: true cannot measure (different '
+                f'tokens). Keep ce_tokens > 0 (default 256) and the same tokenizer, or set a fixed stop.'
+            )
 
         self.align_weight = 0.0  # λ for the current batch
         self.autostop = AutoStop() if self.auto_stop else None

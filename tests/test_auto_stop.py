@@ -120,6 +120,8 @@ def test_ddp_ranks_stop_on_the_same_batch(assets, bad_teacher, tmp_path: Path) -
         ({'strength': 'relative', 'grad_ratio': 0.1, 'lambda0': 0.1}, r'lambda0 is the weight of strength: absolute'),
         ({'grad_ratio': 0.1}, r'grad_ratio is the target of strength: relative'),
         ({'strength': 'strong'}, r"algorithms\.let\.strength='strong' is not one of absolute, relative"),
+        ({'stop': 'auto', 'ce_tokens': 0}, r'algorithms\.let\.stop: auto decides from .*ce_tokens: 0 turns off'),
+        ({'stop': 'auto', 'cross_tokenizer': True}, r'algorithms\.let\.stop: auto .* cross_tokenizer: true cannot'),
     ],
 )
 def test_bad_values_name_the_key(kwargs: dict, match: str) -> None:
