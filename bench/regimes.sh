@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 py="${PY:-python}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 run() { "$py" bench/convergence.py --jobs 2 "$@"; }
-best="${BEST_LAMBDA0:-1}"  # teacher-ahead's best λ0 from phase sweep-ahead
+best="${BEST_LAMBDA0:-3}"  # teacher-ahead's best λ0 measured by phase sweep-ahead
 
 case "${1:-}" in
   base)  # 3 seeds of baseline and the paper's setting (λ0 0.1, stop 0.25dur) in the two short regimes
