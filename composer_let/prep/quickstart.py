@@ -57,7 +57,7 @@ ICL_SEQ_LEN = 256  # the longest shared ICL continuation (piqa) is 231 SmolLM2 t
 RECOMMENDATION = (
     "L2E, λ0 = 3 (not the paper's 0.1), λ linear to 0 at S_stop = 25% of the run. The teacher (SmolLM2-135M) "
     'is far ahead of this CPU student, the teacher-ahead regime; there bench/README.md measured λ0 = 3 as the '
-    "best of {0.01, 0.03, 0.1, 0.3, 1, 3} (1.8x fewer steps to the baseline's final loss, where λ0 = 0.1 "
+    "best of {0.01, 0.1, 0.3, 1, 3} (1.8x fewer steps to the baseline's final loss, where λ0 = 0.1 "
     'was within noise of the baseline). A teacher the student is about to pass is the opposite case: use '
     'stop: auto, which ends the guidance there.'
 )
