@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,34 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
 VOCAB = 512
 SEQ_LEN = 64
+
+
+def composer_two_processes(
+    tmp_path: Path, script: str | Path, *args: str, env: dict[str, str] | None = None, timeout: int = 900
+) -> tuple[subprocess.CompletedProcess, str]:
+    """``composer -n 2 <script> <args>`` as users launch, on a free port, with ``tests/`` importable.
+
+    Each rank's stdout/stderr go to ``tmp_path/rank<r>.{out,err}``; returns the launcher's result and
+    the tail of the ranks' stderr, for failure messages.
+    """
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    command = [
+        str(Path(sys.executable).parent / 'composer'),
+        '-n',
+        '2',
+        '--stdout',
+        str(tmp_path / 'rank{rank}.out'),
+        '--stderr',
+        str(tmp_path / 'rank{rank}.err'),
+        str(script),
+        *args,
+    ]
+    child_env = {**os.environ, 'MASTER_PORT': str(port), 'PYTHONPATH': str(ROOT / 'tests'), **(env or {})}
+    result = subprocess.run(command, cwd=tmp_path, env=child_env, capture_output=True, text=True, timeout=timeout)
+    logs = ''.join(f'\n--- {p.name}\n' + p.read_text()[-3000:] for p in sorted(tmp_path.glob('rank*.err')))
+    return result, logs
 
 
 @pytest.fixture(scope='session')

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,7 @@ import torch
 
 import composer_let.algorithm
 
-from conftest import ROOT, SEQ_LEN, VOCAB, in_memory, yaml_path
+from conftest import ROOT, SEQ_LEN, VOCAB, composer_two_processes, in_memory, yaml_path
 
 KEYS = ('loss/train/total', 'loss/train/let_align', 'let/lambda', 'let/cosine', 'let/grad_ratio')
 # 4 batches of 4 rows; λ from 0.1 to 0 at batch 2, so batches 3-4 run after stop with an idle projection.
@@ -86,31 +83,12 @@ def single(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     return references
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def launch(tmp_path: Path, name: str, *overrides: str, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """``composer -n 2 tests/dist_worker.py <yaml> ...``; returns each rank's JSON facts."""
     out = tmp_path / 'ranks'
-    command = [
-        str(Path(sys.executable).parent / 'composer'),
-        '-n',
-        '2',
-        '--stdout',
-        str(tmp_path / 'rank{rank}.out'),
-        '--stderr',
-        str(tmp_path / 'rank{rank}.err'),
-        str(ROOT / 'tests' / 'dist_worker.py'),
-        str(out),
-        yaml_path(name),
-        *overrides,
-    ]
-    child_env = {**os.environ, 'MASTER_PORT': str(free_port()), 'PYTHONPATH': str(ROOT / 'tests'), **(env or {})}
-    result = subprocess.run(command, cwd=tmp_path, env=child_env, capture_output=True, text=True, timeout=900)
-    logs = ''.join(f'\n--- {p.name}\n' + p.read_text()[-3000:] for p in sorted(tmp_path.glob('rank*.err')))
+    result, logs = composer_two_processes(
+        tmp_path, ROOT / 'tests' / 'dist_worker.py', str(out), yaml_path(name), *overrides, env=env
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + logs
     return [json.loads((out / f'rank{r}.json').read_text()) for r in (0, 1)]
 

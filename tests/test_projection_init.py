@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,20 +41,11 @@ def expected_projection():
 
 
 def launch(tmp_path: Path, assets: dict[str, Path], init_device: str) -> list[dict[str, Any]]:
-    from conftest import ROOT, SEQ_LEN, VOCAB, yaml_path
+    from conftest import SEQ_LEN, VOCAB, composer_two_processes, yaml_path
 
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
     out = tmp_path / 'ranks'
-    command = [
-        str(Path(sys.executable).parent / 'composer'),
-        '-n',
-        '2',
-        '--stdout',
-        str(tmp_path / 'rank{rank}.out'),
-        '--stderr',
-        str(tmp_path / 'rank{rank}.err'),
+    result, logs = composer_two_processes(
+        tmp_path,
         __file__,
         str(out),
         yaml_path('mpt-let'),
@@ -72,16 +61,9 @@ def launch(tmp_path: Path, assets: dict[str, Path], init_device: str) -> list[di
         'max_duration=1ba',
         'eval_interval=1ba',
         'eval_subset_num_batches=1',
-    ]
-    env = {
-        **os.environ,
-        'FSDP_VERSION': '2',
-        'LET_TEST_META_INIT_ON_CPU': '1',
-        'MASTER_PORT': str(port),
-        'PYTHONPATH': str(ROOT / 'tests'),
-    }
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=840)
-    logs = ''.join(f'\n--- {p.name}\n' + p.read_text()[-3000:] for p in sorted(tmp_path.glob('rank*.err')))
+        env={'FSDP_VERSION': '2', 'LET_TEST_META_INIT_ON_CPU': '1'},
+        timeout=840,
+    )
     if result.returncode != 0:  # not an AssertionError: the xfail below expects only the weight check to fail
         raise RuntimeError(result.stdout[-2000:] + result.stderr[-2000:] + logs)
     return [json.loads((out / f'rank{r}.json').read_text()) for r in (0, 1)]

@@ -10,8 +10,6 @@ import gc
 import itertools
 import json
 import math
-import os
-import subprocess
 import sys
 import weakref
 from pathlib import Path
@@ -185,19 +183,13 @@ def test_bad_runs_fail_before_training(train, padded_teacher, tmp_path: Path, ov
 @pytest.mark.slow
 def test_fsdp2_two_processes_match_one(train, assets, tmp_path: Path) -> None:
     """SALT under FSDP2 on 2 CPU processes logs the same losses as one process (same global batches)."""
-    from conftest import ROOT, SEQ_LEN, VOCAB, yaml_path
+    from conftest import SEQ_LEN, VOCAB, composer_two_processes, yaml_path
 
     overrides = ['max_duration=3ba', 'algorithms.salt.stop=2ba', 'eval_interval=3ba']
     single = train('mpt-salt', *overrides)
     out = tmp_path / 'dist'
-    command = [
-        str(Path(sys.executable).parent / 'composer'),
-        '-n',
-        '2',
-        '--stdout',
-        str(tmp_path / 'rank{rank}.out'),
-        '--stderr',
-        str(tmp_path / 'rank{rank}.err'),
+    result, logs = composer_two_processes(
+        tmp_path,
         __file__,
         str(out),
         yaml_path('mpt-salt'),
@@ -209,10 +201,9 @@ def test_fsdp2_two_processes_match_one(train, assets, tmp_path: Path) -> None:
         'fsdp_config={mixed_precision: FULL, state_dict_type: full}',
         'device_train_microbatch_size=2',
         *overrides,
-    ]
-    env = {**os.environ, 'FSDP_VERSION': '2', 'PYTHONPATH': str(ROOT / 'tests')}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
-    logs = ''.join(p.read_text()[-3000:] for p in sorted(tmp_path.glob('rank*.err')))
+        env={'FSDP_VERSION': '2'},
+        timeout=400,
+    )
     assert result.returncode == 0, result.stderr[-3000:] + logs
     ranks = [json.loads((out / f'rank{r}.json').read_text()) for r in (0, 1)]
     assert all(r['world_size'] == 2 and r['fsdp'] for r in ranks)
