@@ -84,6 +84,12 @@ def diagnostics(run: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
+def teacher_active_until(run: dict[str, Any]) -> int | None:
+    """The last batch with λ > 0 (a fixed stop's S_stop; where ``stop: auto`` ended its ramp)."""
+    active = [int(s) for s, v in run.get('series', {}).get('let/lambda', []) if v > 0]
+    return max(active) if active else None
+
+
 def experiment(name: str, runs_dir: Path, cache: Path) -> dict[str, Any] | None:
     regime, width, cross = EXPERIMENTS[name]
     try:
@@ -104,6 +110,7 @@ def experiment(name: str, runs_dir: Path, cache: Path) -> dict[str, Any] | None:
     for arm_name, entry in summary.items():
         mine = [r for r in runs if r['arm']['name'] == arm_name]
         diag = [diagnostics(r) for r in mine]
+        entry['teacher_active_until'] = {r['seed']: teacher_active_until(r) for r in mine}
         if diag and diag[0]:
             entry['diagnostics'] = {k: _mean([d.get(k) for d in diag]) for k in diag[0]}
     sweep = {lambda0_of(a): a['name'] for a in (r['arm'] for r in runs) if lambda0_of(a)}
@@ -139,8 +146,8 @@ def markdown(result: dict[str, Any]) -> str:
         f'({result["params_ratio_non_embedding"]:.1f}x), {steps} steps.',
         '',
         '| arm | seeds | final loss | Δ vs baseline | speedup (steps) | passes teacher at (fraction) | grad_ratio | '
-        'grad_cos |',
-        '| --- | --- | --- | --- | --- | --- | --- | --- |',
+        'grad_cos | λ > 0 until batch |',
+        '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ]
     for arm, e in result['summary'].items():
         loss = e['final_loss']
@@ -156,10 +163,11 @@ def markdown(result: dict[str, Any]) -> str:
         diag = e.get('diagnostics', {})
         ratio = diag.get('grad_ratio')
         cos = diag.get('grad_cos')
+        until = sorted(set(e.get('teacher_active_until', {}).values()) - {None})
         lines.append(
             f'| {arm} | {len(e["seeds"])} | {loss["mean"]:.3f} ± {loss["std"]:.3f} | {delta_text} | {speed_text} | '
             f'{", ".join(fractions)} | {"—" if ratio is None else f"{ratio:.3g}"} | '
-            f'{"—" if cos is None else f"{cos:+.2f}"} |'
+            f'{"—" if cos is None else f"{cos:+.2f}"} | {", ".join(map(str, until)) or "—"} |'
         )
     if result['best_lambda0_arm']:
         lines += ['', f'Best λ0 arm (mean final loss, ≥ 2 seeds): `{result["best_lambda0_arm"]}`.']

@@ -37,7 +37,7 @@ run_file() {  # "file [file ...]" -> $work/<name>.{log,code,secs}
   shift
   start=$(date +%s)
   set +e
-  "$py" -m pytest -q -ra -p no:cacheprovider --basetemp="$work/$name.tmp" "${group[@]}" "$@" >"$work/$name.log" 2>&1
+  "$py" -m pytest -q -ra -p no:cacheprovider --durations=3 --basetemp="$work/$name.tmp" "${group[@]}" "$@" >"$work/$name.log" 2>&1
   code=$?
   set -e
   echo "$code" >"$work/$name.code"
