@@ -18,9 +18,10 @@ case "${1:-}" in
     run --regime teacher-ahead --seeds 1,2 --lambda0s 0.01,0.03,0.3,1,3 ;;
   auto-weak)  # acceptance 1 of issue 11: stop: auto at the default λ0 against the baseline
     run --regime weak-teacher --seeds 1,2,3 --arms 'baseline;let;let:stop=auto' ;;
-  best-ahead)  # the best λ0 at 3 seeds, S_stop at it, stop: auto at it
-    run --regime teacher-ahead --seeds 1,2,3 --arms "baseline;let;let:lambda0=$best;let:lambda0=$best,stop=auto"
-    run --regime teacher-ahead --seeds 1,2 --stops 0.1dur,0.5dur --stop-lambda0s "$best" ;;
+  best-ahead)  # the best λ0 at 3 seeds with 0.25dur, 0.5dur and stop: auto; S_stop 0.1/0.5dur at the default and best λ0
+    run --regime teacher-ahead --seeds 1,2,3 \
+      --arms "baseline;let;let:lambda0=$best;let:lambda0=$best,stop=auto;let:lambda0=$best,stop=0.5dur"
+    run --regime teacher-ahead --seeds 1,2 --stops 0.1dur,0.5dur --stop-lambda0s "0.1,$best" ;;
   cross)  # issue 12: the same teacher recipe on a 4096-token BPE, LET across tokenizers at the best λ0
     run --regime teacher-ahead --cross-teacher --seeds 1,2 --arms "baseline;let:lambda0=$best" ;;
   overtake)  # the paper's regime, one seed (1800 steps: ~4x a short run)

@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import streaming_prefix_lock
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 ROOT = Path(__file__).resolve().parents[1]
+
+streaming_prefix_lock.install()  # two test files run at a time: see the module
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
 VOCAB = 512
 SEQ_LEN = 64

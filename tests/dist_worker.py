@@ -82,6 +82,9 @@ def _projection(model: Any) -> list | None:
 
 
 def main(out_dir: str, yaml_path: str, overrides: list[str]) -> None:
+    import streaming_prefix_lock
+
+    streaming_prefix_lock.install()
     _spy_teacher_loads()
     if os.environ.get('LET_TEST_FAKE_HUB'):
         _fake_hub(os.environ['LET_TEST_FAKE_HUB'])

@@ -114,6 +114,9 @@ def _meta_init_on_cpu() -> None:
 
 
 def _worker(out_dir: str, yaml: str, overrides: list[str]) -> None:
+    import streaming_prefix_lock
+
+    streaming_prefix_lock.install()
     if os.environ.get('LET_TEST_META_INIT_ON_CPU'):
         _meta_init_on_cpu()
     from composer.core import Callback, State

@@ -214,6 +214,9 @@ def test_fsdp2_two_processes_match_one(train, assets, tmp_path: Path) -> None:
 
 
 def _worker(out_dir: str, yaml: str, overrides: list[str]) -> None:
+    import streaming_prefix_lock
+
+    streaming_prefix_lock.install()
     from composer.loggers import InMemoryLogger
     from composer.utils import dist
     from llmfoundry.command_utils import train_from_yaml

@@ -1,0 +1,40 @@
+"""Serialise streaming's shared-memory prefix registration across the suite's parallel processes.
+
+``StreamingDataset`` picks the first free prefix (``/000123_locals`` ...) and creates it in two steps,
+so two processes building a dataset at the same moment can pick the same one and the second fails with
+``FileExistsError: [Errno 17] File exists: '/000123_locals'`` (mosaicml/streaming#884, #901, open).
+``scripts/test.sh`` runs two test files at a time, which hit it. ``install()`` wraps the function that
+``StreamingDataset`` calls so that the local leader holds an exclusive file lock from the search to the
+creation; other ranks do not lock (they wait at streaming's own barrier for their leader). Nothing else
+of streaming changes. Installed by ``conftest.py`` and by the 2-process workers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import tempfile
+from pathlib import Path
+from typing import Any
+
+LOCK = Path(tempfile.gettempdir()) / 'composer-let-tests-streaming-prefix.lock'
+
+
+def install() -> None:
+    import streaming.base.dataset as dataset
+
+    original = dataset.get_shm_prefix
+    if getattr(original, 'serialised', False):
+        return
+
+    def get_shm_prefix(streams_local: Any, streams_remote: Any, world: Any, *args: Any, **kwargs: Any) -> Any:
+        if not world.is_local_leader:
+            return original(streams_local, streams_remote, world, *args, **kwargs)
+        with open(LOCK, 'a') as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                return original(streams_local, streams_remote, world, *args, **kwargs)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    get_shm_prefix.serialised = True  # type: ignore[attr-defined]
+    dataset.get_shm_prefix = get_shm_prefix
