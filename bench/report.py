@@ -7,7 +7,7 @@ teachers must already be cached) and writes, for each experiment that has runs:
   whether the gap to the baseline is within seed noise, where each seed passes the teacher, LET's
   diagnostics averaged over the active phase) plus every run's eval curve;
 * ``<out>/<name>.png``: eval loss vs step, whole run and second half;
-* ``<out>/lambda0-sweeps.png`` (speedup vs λ0 per regime) and ``<out>/width-lambda0.png``;
+* ``<out>/lambda0-sweeps.png`` (speedup vs λ0 per regime) and ``<out>/width-lambda0.png`` (when run);
 * a markdown report on stdout (``--markdown FILE`` also writes it).
 
     python bench/report.py                         # into bench/results/report/
@@ -206,8 +206,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[name] = result
         write_json(out / f'{name}.json', result)
         plot_curves(result, out / f'{name}.png')
-    plot_lambda_sweeps(sweep_panels(results, ['teacher-ahead', 'overtake', 'weak-teacher']), out / 'lambda0-sweeps.png')
-    plot_lambda_sweeps(sweep_panels(results, ['overtake-w48', 'overtake', 'overtake-w96']), out / 'width-lambda0.png')
+    for names, png in (
+        (['teacher-ahead', 'overtake', 'weak-teacher'], 'lambda0-sweeps.png'),
+        (['overtake-w48', 'overtake', 'overtake-w96'], 'width-lambda0.png'),
+    ):
+        panels = sweep_panels(results, names)
+        if panels:  # no empty figure for a study that has not run
+            plot_lambda_sweeps(panels, out / png)
     text = '\n'.join(markdown(r) for r in results.values())
     if args.markdown:
         args.markdown.write_text(text)
