@@ -71,8 +71,9 @@ def diagnostics(run: dict[str, Any]) -> dict[str, float | None]:
     active = [s for s, v in series.get('let/lambda', []) if v > 0]
     if not active:
         return {}
-    end = max(active) + 1
-    out = {k.split('/')[1]: series_mean(series.get(k), 0, end) for k in ('let/grad_ratio', 'let/grad_cos')}
+    out: dict[str, float | None] = {'active_until': max(active)}  # a fixed stop's S_stop; stop: auto's ramp end
+    end = int(max(active)) + 1
+    out.update({k.split('/')[1]: series_mean(series.get(k), 0, end) for k in ('let/grad_ratio', 'let/grad_cos')})
     out['grad_ratio_first_10pct'] = series_mean(series.get('let/grad_ratio'), 0, max(2, end // 10))
     out['cosine_last'] = series.get('let/cosine', [[0, math.nan]])[-1][1]
     gaps = [
@@ -82,12 +83,6 @@ def diagnostics(run: dict[str, Any]) -> dict[str, float | None]:
     crossing = next((s for s, g in gaps if g < 0), None)
     out['student_below_teacher_ce_at'] = crossing
     return out
-
-
-def teacher_active_until(run: dict[str, Any]) -> int | None:
-    """The last batch with λ > 0 (a fixed stop's S_stop; where ``stop: auto`` ended its ramp)."""
-    active = [int(s) for s, v in run.get('series', {}).get('let/lambda', []) if v > 0]
-    return max(active) if active else None
 
 
 def experiment(name: str, runs_dir: Path, cache: Path) -> dict[str, Any] | None:
@@ -110,7 +105,7 @@ def experiment(name: str, runs_dir: Path, cache: Path) -> dict[str, Any] | None:
     for arm_name, entry in summary.items():
         mine = [r for r in runs if r['arm']['name'] == arm_name]
         diag = [diagnostics(r) for r in mine]
-        entry['teacher_active_until'] = {r['seed']: teacher_active_until(r) for r in mine}
+        entry['teacher_active_until'] = {r['seed']: d.get('active_until') for r, d in zip(mine, diag, strict=True)}
         if diag and diag[0]:
             entry['diagnostics'] = {k: _mean([d.get(k) for d in diag]) for k in diag[0]}
     sweep = {lambda0_of(a): a['name'] for a in (r['arm'] for r in runs) if lambda0_of(a)}
