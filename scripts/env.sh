@@ -27,7 +27,7 @@ fi
 if [ ! -f "$venv/.bytecode" ]; then
   # uv installs no .pyc files, and with PYTHONDONTWRITEBYTECODE=1 (set on these machines) Python never
   # writes them: every process then compiles the stack from source, ~40 s of CPU before llm-foundry is
-  # imported (measured: `import llmfoundry.command_utils` 62 s -> 22 s of user time). Compiled once, ~4 min.
+  # imported (measured idle: `import llmfoundry.command_utils` 67 s -> 21 s of CPU). Compiled once, ~5 min.
   echo "[env] compiling the virtualenv's bytecode (once)" >&2
   "$py" -m compileall -q -j 0 "$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null
   touch "$venv/.bytecode"
