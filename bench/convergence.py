@@ -538,6 +538,9 @@ def print_report(result: dict[str, Any]) -> None:
 
 if __name__ == '__main__':
     if sys.argv[1:2] == ['--run-job']:
+        import streaming_prefix_lock  # --jobs 2 starts two runs at once: see the module
+
+        streaming_prefix_lock.install()
         job = json.loads(Path(sys.argv[2]).read_text())
         write_json(Path(sys.argv[3]), train_run(job))
     else:

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import streaming_prefix_lock
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'bench'))  # the benchmark kit, and the lock below
+
+import streaming_prefix_lock  # noqa: E402
 
 streaming_prefix_lock.install()  # two test files run at a time: see the module
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
@@ -25,7 +27,7 @@ SEQ_LEN = 64
 def composer_two_processes(
     tmp_path: Path, script: str | Path, *args: str, env: dict[str, str] | None = None, timeout: int = 900
 ) -> tuple[subprocess.CompletedProcess, str]:
-    """``composer -n 2 <script> <args>`` as users launch, on a free port, with ``tests/`` importable.
+    """``composer -n 2 <script> <args>`` as users launch, on a free port, with ``tests/`` and ``bench/`` importable.
 
     Each rank's stdout/stderr go to ``tmp_path/rank<r>.{out,err}``; returns the launcher's result and
     the tail of the ranks' stderr, for failure messages.
@@ -44,7 +46,12 @@ def composer_two_processes(
         str(script),
         *args,
     ]
-    child_env = {**os.environ, 'MASTER_PORT': str(port), 'PYTHONPATH': str(ROOT / 'tests'), **(env or {})}
+    child_env = {
+        **os.environ,
+        'MASTER_PORT': str(port),
+        'PYTHONPATH': os.pathsep.join(str(ROOT / d) for d in ('tests', 'bench')),
+        **(env or {}),
+    }
     result = subprocess.run(command, cwd=tmp_path, env=child_env, capture_output=True, text=True, timeout=timeout)
     logs = ''.join(f'\n--- {p.name}\n' + p.read_text()[-3000:] for p in sorted(tmp_path.glob('rank*.err')))
     return result, logs

@@ -6,14 +6,11 @@ import importlib
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SHARED_DATA
-
-sys.path.insert(0, str(ROOT / 'bench'))
+from tests.conftest import SHARED_DATA
 
 
 def _bench(name: str):

@@ -1,12 +1,13 @@
-"""Serialise streaming's shared-memory prefix registration across the suite's parallel processes.
+"""Serialise streaming's shared-memory prefix registration between processes started on one host.
 
 ``StreamingDataset`` picks the first free prefix (``/000123_locals`` ...) and creates it in two steps,
 so two processes building a dataset at the same moment can pick the same one and the second fails with
 ``FileExistsError: [Errno 17] File exists: '/000123_locals'`` (mosaicml/streaming#884, #901, open).
-``scripts/test.sh`` runs two test files at a time, which hit it. ``install()`` wraps the function that
-``StreamingDataset`` calls so that the local leader holds an exclusive file lock from the search to the
-creation; other ranks do not lock (they wait at streaming's own barrier for their leader). Nothing else
-of streaming changes. Installed by ``conftest.py`` and by the 2-process workers.
+``bench/convergence.py --jobs 2`` starts two training runs at once, and ``scripts/test.sh`` runs two
+test files at a time: both hit it. ``install()`` wraps the function that ``StreamingDataset`` calls so
+that the local leader holds an exclusive file lock from the search to the creation; other ranks do not
+lock (they wait at streaming's own barrier for their leader). Nothing else of streaming changes.
+Installed by the benchmark's training subprocesses, ``tests/conftest.py`` and the 2-process test workers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-LOCK = Path(tempfile.gettempdir()) / 'composer-let-tests-streaming-prefix.lock'
+LOCK = Path(tempfile.gettempdir()) / 'composer-let-streaming-prefix.lock'
 
 
 def install() -> None:
