@@ -311,9 +311,12 @@ def parse_arm(spec: str) -> dict[str, Any]:
     if extra and kind != 'let':
         raise SystemExit(f'convergence: arm {spec!r}: overrides are for let arms only.')
     name = kind if not extra else 'let:' + ','.join(f'{k}={v}' for k, v in extra.items())
+    let = {**LET_DEFAULTS, **extra}
+    if extra.get('strength') == 'relative':  # grad_ratio sets the strength; λ0 would be refused
+        let.pop('lambda0')
     return {
         'name': name,
-        'let': {**LET_DEFAULTS, **extra} if 'let' in kind else None,
+        'let': let if 'let' in kind else None,
         'salt': dict(SALT_DEFAULTS) if 'salt' in kind else None,
     }
 

@@ -24,7 +24,16 @@ case "${1:-}" in
     run --regime teacher-ahead --seeds 1,2 --stops 0.1dur,0.5dur --stop-lambda0s "0.1,$best" ;;
   cross)  # issue 12: the same teacher recipe on a 4096-token BPE, LET across tokenizers at the best λ0
     run --regime teacher-ahead --cross-teacher --seeds 1,2 --arms "baseline;let:lambda0=$best" ;;
-  overtake)  # the paper's regime, one seed (1800 steps: ~4x a short run)
-    run --regime overtake --seeds 1 --arms "baseline;let:lambda0=$best" ;;
-  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|cross|overtake" >&2; exit 2 ;;
+  overtake)  # the paper's regime (1800 steps: ~3.6x a short run): the best λ0 of teacher-ahead, fixed and auto stop
+    run --regime overtake --seeds 1,2,3 --arms "baseline;let:lambda0=$best;let:lambda0=$best,stop=auto"
+    run --regime overtake --seeds 1,2 --arms "baseline;let:lambda0=$best,stop=0.5dur" ;;
+  width)  # issue 10 §3 / issue 11 acceptance 3, not run yet: λ0 and grad_ratio sweeps at widths 48, 64, 96
+    # in overtake (~60 long runs, ~11 h on this machine; cached, so it can be run a few hours at a time)
+    for w in 48 64 96; do
+      width=(); [ "$w" = 64 ] || width=(--width "$w")
+      run --regime overtake "${width[@]}" --seeds 1,2,3 --arms "baseline;let"
+      run --regime overtake "${width[@]}" --seeds 1,2 --lambda0s 0.01,0.03,0.3,1,3 \
+        --arms "baseline;let:strength=relative,grad_ratio=0.1;let:strength=relative,grad_ratio=0.3;let:strength=relative,grad_ratio=1;let:strength=relative,grad_ratio=3"
+    done ;;
+  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|cross|overtake|width" >&2; exit 2 ;;
 esac

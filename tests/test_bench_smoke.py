@@ -99,6 +99,8 @@ def test_arm_specs_name_sweeps_and_fold_the_default(monkeypatch: pytest.MonkeyPa
         'let:lambda0=1,stop=0.1dur',
     ]
     assert arms[2]['let'] == {**convergence.LET_DEFAULTS, 'lambda0': 1}
+    relative = convergence.parse_arm('let:strength=relative,grad_ratio=0.3')['let']
+    assert relative['grad_ratio'] == 0.3 and 'lambda0' not in relative  # λ0 is refused beside grad_ratio
     with pytest.raises(SystemExit, match='must include baseline'):
         convergence.arm_specs(convergence.argparse.Namespace(arms='let', lambda0s=None, stops=None, stop_lambda0s=''))
 
