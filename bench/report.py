@@ -201,12 +201,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[name] = result
         write_json(out / f'{name}.json', result)
         plot_curves(result, out / f'{name}.png')
-    for names, png in (
-        (['teacher-ahead', 'overtake', 'weak-teacher'], 'lambda0-sweeps.png'),
-        (['overtake-w48', 'overtake', 'overtake-w96'], 'width-lambda0.png'),
+    for names, png, needed in (
+        (['teacher-ahead', 'overtake', 'weak-teacher'], 'lambda0-sweeps.png', 1),
+        (['overtake-w48', 'overtake', 'overtake-w96'], 'width-lambda0.png', 2),
     ):
         panels = sweep_panels(results, names)
-        if panels:  # no empty figure for a study that has not run
+        if len(panels) >= needed:  # no figure for a study that has not run (a width study needs 2 widths)
             plot_lambda_sweeps(panels, out / png)
     text = '\n'.join(markdown(r) for r in results.values())
     if args.markdown:
