@@ -29,7 +29,7 @@ case "${1:-}" in
     run --regime overtake --seeds 1,2 --arms "baseline;let:lambda0=$best,stop=0.5dur"
     run --regime overtake --seeds 1,2 --arms "baseline;let" ;;  # the paper's setting, for reference
   width)  # issue 10 §3 / issue 11 acceptance 3, not run yet: λ0 and grad_ratio sweeps at widths 48, 64, 96
-    # in overtake (~60 long runs, ~12 h on this machine; cached, so it can be run a few hours at a time)
+    # in overtake (~60 long runs, 10 h or more on this machine; cached, so it can be run a few hours at a time)
     for w in 48 64 96; do
       width=(); [ "$w" = 64 ] || width=(--width "$w")
       run --regime overtake "${width[@]}" --seeds 1,2,3 --arms "baseline;let"
