@@ -22,6 +22,13 @@ case "${1:-}" in
     run --regime teacher-ahead --seeds 1,2,3 \
       --arms "baseline;let;let:lambda0=$best;let:lambda0=$best,stop=auto;let:lambda0=$best,stop=0.5dur"
     run --regime teacher-ahead --seeds 1,2 --stops 0.1dur,0.5dur --stop-lambda0s "0.1,$best" ;;
+  sweep-weak)  # issue 10 §2 in weak-teacher: the λ0 sweep, S_stop at the default and the best λ0 (3), the best λ0 at 3 seeds with stop: auto
+    run --regime weak-teacher --seeds 1,2 --lambda0s 0.01,0.03,0.3,1,3
+    run --regime weak-teacher --seeds 1,2 --stops 0.1dur,0.5dur --stop-lambda0s 0.1,3
+    run --regime weak-teacher --seeds 1,2,3 --arms 'baseline;let:lambda0=3;let:lambda0=3,stop=auto' ;;
+  sweep-overtake)  # issue 10 §2 in overtake: the rest of the λ0 sweep (0.1 and 3 ran in phase overtake)
+    run --regime overtake --seeds 1,2 --lambda0s 1,0.3
+    run --regime overtake --seeds 1,2 --lambda0s 0.03,0.01 ;;
   cross)  # issue 12: the same teacher recipe on a 4096-token BPE, LET across tokenizers at the best λ0
     run --regime teacher-ahead --cross-teacher --seeds 1,2 --arms "baseline;let:lambda0=$best" ;;
   overtake)  # the paper's regime (1800 steps: ~3.6x a short run): the best λ0 of teacher-ahead, fixed and auto stop
@@ -36,5 +43,5 @@ case "${1:-}" in
       run --regime overtake "${width[@]}" --seeds 1,2 --lambda0s 0.01,0.03,0.3,1,3 \
         --arms "baseline;let:strength=relative,grad_ratio=0.1;let:strength=relative,grad_ratio=0.3;let:strength=relative,grad_ratio=1;let:strength=relative,grad_ratio=3"
     done ;;
-  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|cross|overtake|width" >&2; exit 2 ;;
+  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|sweep-weak|cross|overtake|sweep-overtake|width" >&2; exit 2 ;;
 esac

@@ -71,8 +71,9 @@ def diagnostics(run: dict[str, Any]) -> dict[str, float | None]:
     active = [s for s, v in series.get('let/lambda', []) if v > 0]
     if not active:
         return {}
-    out: dict[str, float | None] = {'active_until': max(active)}  # a fixed stop's S_stop; stop: auto's ramp end
-    end = int(max(active)) + 1
+    last = max(active)
+    out: dict[str, float | None] = {'active_until': last}  # a fixed stop's S_stop; stop: auto's ramp end
+    end = int(last) + 1
     out.update({k.split('/')[1]: series_mean(series.get(k), 0, end) for k in ('let/grad_ratio', 'let/grad_cos')})
     out['grad_ratio_first_10pct'] = series_mean(series.get('let/grad_ratio'), 0, max(2, end // 10))
     out['cosine_last'] = series.get('let/cosine', [[0, math.nan]])[-1][1]

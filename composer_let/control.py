@@ -88,8 +88,9 @@ class AutoStop:
     * ``ce``: the student's CE comes within ``ce_gap`` nats of the teacher's on the same tokens
       (``student − teacher < ce_gap``; 0: the student has passed its teacher), or is on course to:
       at the gap's smoothed rate of closing, it would get there within ``horizon`` × the batches
-      trained so far. A teacher the student is about to leave behind has little left to give, and
-      the guidance costs the most exactly then (measured: bench/README.md, ``weak-teacher``).
+      trained so far. The premise: a teacher the student is about to leave behind has little left
+      to give. Measured with a weak teacher (bench/README.md): at λ0 = 0.1 ending here hurt less
+      than the paper's stop; at λ0 = 3 guiding on, to 0.25dur or later, was better.
     * ``conflict``: the alignment's gradient at the hooked block opposes the rest of the loss's
       (``let/grad_cos`` below ``-cos_threshold``) persistently.
 
