@@ -1,0 +1,69 @@
+"""When would ``stop: auto`` have fired? Replays ``AutoStop`` on the CEs logged by finished runs.
+
+Reads the per-batch ``let/teacher_ce`` and ``let/student_ce`` of every LET run in the report JSONs
+(``bench/reported/regimes/<regime>.json``, written by ``bench/report.py``) and feeds them to
+``composer_let.control.AutoStop`` with each ``--horizon``; prints the batch it would fire at
+(``-``: not within the logged, active phase). Exact for runs whose λ schedule is the one
+``stop: auto`` follows before it fires (λ0 · linear to 0 at ``stop_max`` = 0.5dur: the ``stop=0.5dur``
+arms); for other arms it is an estimate, since the guidance shapes the student's CE.
+
+    python bench/replay_auto_stop.py --horizons 1,0.5,0 --arms let,let:lambda0=3,let:lambda0=3,stop=0.5dur
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from composer_let.control import AutoStop
+
+REPORTED = Path(__file__).resolve().parent / 'reported' / 'regimes'
+
+
+def fires_at(series: dict[str, list[list[float]]], horizon: float) -> int | None:
+    """The batch at which ``AutoStop(horizon=horizon)`` fires on a run's logged CEs, or None."""
+    teacher = {int(s): v for s, v in series.get('let/teacher_ce', [])}
+    student = {int(s): v for s, v in series.get('let/student_ce', [])}
+    rule = AutoStop(horizon=horizon)
+    for batch in sorted(teacher.keys() & student.keys()):
+        rule.observe(batch, teacher[batch], student[batch], None)
+        if rule.fired_at is not None:
+            return rule.fired_at
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--regimes', default='teacher-ahead,overtake,weak-teacher')
+    parser.add_argument('--arms', default='let,let:lambda0=3,let:lambda0=3,stop=0.5dur', help="','-separated arm names")
+    parser.add_argument('--horizons', default='1,0.5,0', help='AutoStop.horizon values (1: the default)')
+    args = parser.parse_args()
+    horizons = [float(h) for h in args.horizons.split(',')]
+    wanted = set(_split_arms(args.arms))
+    print(f'{"regime":14s} {"arm":28s} seed  logged to  fires at (horizon {" / ".join(f"{h:g}" for h in horizons)})')
+    for regime in args.regimes.split(','):
+        for run in json.loads((REPORTED / f'{regime}.json').read_text())['runs']:
+            name, series = run['arm']['name'], run['series']
+            if name not in wanted or 'let/teacher_ce' not in series:
+                continue
+            last = int(series['let/teacher_ce'][-1][0])
+            fired = ' / '.join('-' if (b := fires_at(series, h)) is None else str(b) for h in horizons)
+            print(f'{regime:14s} {name:28s} {run["seed"]:4d}  {last:9d}  {fired}')
+
+
+def _split_arms(text: str) -> list[str]:
+    """Arm names contain commas (``let:lambda0=3,stop=0.5dur``): a new name starts at ``let`` or ``baseline``."""
+    names: list[str] = []
+    for part in text.split(','):
+        if part.startswith(('let', 'baseline')) or not names:
+            names.append(part)
+        else:
+            names[-1] += ',' + part
+    return names
+
+
+if __name__ == '__main__':
+    main()
