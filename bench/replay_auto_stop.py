@@ -2,10 +2,10 @@
 
 Reads the per-batch ``let/teacher_ce`` and ``let/student_ce`` of every LET run in the report JSONs
 (``bench/reported/regimes/<regime>.json``, written by ``bench/report.py``) and feeds them to
-``composer_let.control.AutoStop`` with each ``--horizon``; prints the batch it would fire at
-(``-``: not within the logged, active phase). Exact for runs whose λ schedule is the one
-``stop: auto`` follows before it fires (λ0 · linear to 0 at ``stop_max`` = 0.5dur: the ``stop=0.5dur``
-arms); for other arms it is an estimate, since the guidance shapes the student's CE.
+``composer_let.control.AutoStop`` (``analysis.simulate_auto_stop``) with each ``--horizon``; prints
+the batch it would fire at (``-``: not within the logged, active phase). Exact for runs whose λ
+schedule is the one ``stop: auto`` follows before it fires (λ0 · linear to 0 at ``stop_max`` =
+0.5dur: the ``stop=0.5dur`` arms); for other arms an estimate, since the guidance shapes the CEs.
 
     python bench/replay_auto_stop.py --horizons 1,0.5,0 --arms let,let:lambda0=3,let:lambda0=3,stop=0.5dur
 """
@@ -18,21 +18,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from composer_let.control import AutoStop
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from analysis import simulate_auto_stop
 
 REPORTED = Path(__file__).resolve().parent / 'reported' / 'regimes'
-
-
-def fires_at(series: dict[str, list[list[float]]], horizon: float) -> int | None:
-    """The batch at which ``AutoStop(horizon=horizon)`` fires on a run's logged CEs, or None."""
-    teacher = {int(s): v for s, v in series.get('let/teacher_ce', [])}
-    student = {int(s): v for s, v in series.get('let/student_ce', [])}
-    rule = AutoStop(horizon=horizon)
-    for batch in sorted(teacher.keys() & student.keys()):
-        rule.observe(batch, teacher[batch], student[batch], None)
-        if rule.fired_at is not None:
-            return rule.fired_at
-    return None
 
 
 def main() -> None:
@@ -50,7 +39,8 @@ def main() -> None:
             if name not in wanted or 'let/teacher_ce' not in series:
                 continue
             last = int(series['let/teacher_ce'][-1][0])
-            fired = ' / '.join('-' if (b := fires_at(series, h)) is None else str(b) for h in horizons)
+            batches = [simulate_auto_stop(series, horizon=h) for h in horizons]
+            fired = ' / '.join('-' if b is None else str(b) for b in batches)
             print(f'{regime:14s} {name:28s} {run["seed"]:4d}  {last:9d}  {fired}')
 
 
