@@ -29,7 +29,7 @@ case "${1:-}" in
   sweep-overtake)  # issue 10 §2 in overtake: the rest of the λ0 sweep (0.1 and 3 ran in phase overtake) and of S_stop
     run --regime overtake --seeds 1,2 --lambda0s 1,0.3
     run --regime overtake --seeds 1,2 --lambda0s 0.03,0.01
-    run --regime overtake --seeds 1,2 --stops 0.1dur,0.5dur --stop-lambda0s 0.1,3 ;;  # 0.5dur at 3: cached
+    run --regime overtake --seeds 1,2 --stops 0.1dur,0.5dur --stop-lambda0s 0.1,3 ;;  # both stops at λ0 = 3: cached
   cross)  # issue 12: the same teacher recipe on a 4096-token BPE, LET across tokenizers at the best λ0
     run --regime teacher-ahead --cross-teacher --seeds 1,2 --arms "baseline;let:lambda0=$best" ;;
   overtake)  # the paper's regime (1800 steps: ~3.6x a short run): the best λ0 of teacher-ahead, fixed and auto stop
