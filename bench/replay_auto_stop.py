@@ -7,7 +7,7 @@ the batch it would fire at (``-``: not within the logged, active phase). Exact f
 schedule is the one ``stop: auto`` follows before it fires (λ0 · linear to 0 at ``stop_max`` =
 0.5dur: the ``stop=0.5dur`` arms); for other arms an estimate, since the guidance shapes the CEs.
 
-    python bench/replay_auto_stop.py --horizons 1,0.5,0 --arms let,let:lambda0=3,let:lambda0=3,stop=0.5dur
+    python bench/replay_auto_stop.py --horizons 1,0.5,0 --arms 'let;let:lambda0=3;let:lambda0=3,stop=0.5dur'
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ REPORTED = Path(__file__).resolve().parent / 'reported' / 'regimes'
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--regimes', default='teacher-ahead,overtake,weak-teacher')
-    parser.add_argument('--arms', default='let,let:lambda0=3,let:lambda0=3,stop=0.5dur', help="','-separated arm names")
+    parser.add_argument(
+        '--arms', default='let;let:lambda0=3;let:lambda0=3,stop=0.5dur', help="';'-separated, as in convergence.py"
+    )
     parser.add_argument('--horizons', default='1,0.5,0', help='AutoStop.horizon values (1: the default)')
     args = parser.parse_args()
     horizons = [float(h) for h in args.horizons.split(',')]
-    wanted = set(_split_arms(args.arms))
+    wanted = {a.strip() for a in args.arms.split(';') if a.strip()}
     print(f'{"regime":14s} {"arm":28s} seed  logged to  fires at (horizon {" / ".join(f"{h:g}" for h in horizons)})')
     for regime in args.regimes.split(','):
         for run in json.loads((REPORTED / f'{regime}.json').read_text())['runs']:
@@ -42,17 +44,6 @@ def main() -> None:
             batches = [simulate_auto_stop(series, horizon=h) for h in horizons]
             fired = ' / '.join('-' if b is None else str(b) for b in batches)
             print(f'{regime:14s} {name:28s} {run["seed"]:4d}  {last:9d}  {fired}')
-
-
-def _split_arms(text: str) -> list[str]:
-    """Arm names contain commas (``let:lambda0=3,stop=0.5dur``): a new name starts at ``let`` or ``baseline``."""
-    names: list[str] = []
-    for part in text.split(','):
-        if part.startswith(('let', 'baseline')) or not names:
-            names.append(part)
-        else:
-            names[-1] += ',' + part
-    return names
 
 
 if __name__ == '__main__':
