@@ -22,7 +22,7 @@ Regimes (``--regime``):
     python bench/convergence.py --regime teacher-ahead --jobs 2                  # baseline + LET, 3 seeds
     python bench/convergence.py --regime overtake --lambda0s 0.01,0.03,0.3,1,3 --seeds 1,2 --jobs 2
     python bench/convergence.py --regime overtake --stops 0.1dur,0.5dur --stop-lambda0s 0.1,1 --seeds 1,2
-    python bench/convergence.py --regime overtake --width 96 --lambda0s 0.01,0.03,0.3,1,3   # width study
+    python bench/convergence.py --regime teacher-ahead --width 128 --lambda0s 1,3,10        # width study
     python bench/convergence.py --regime overtake --arms 'baseline;let:stop=auto' --plan    # list, no training
     python bench/convergence.py --smoke                                           # seconds (CI)
 

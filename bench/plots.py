@@ -88,8 +88,9 @@ def plot_lambda_sweeps(
     panels: list[tuple[str, dict[str, float], dict[str, tuple[float, float]]]],
     path: Path,
     ylabel: str = 'speedup in steps (x)',
+    xlabel: str = 'λ0',
 ) -> None:
-    """One line per panel entry: ``(label, {λ0: mean}, {λ0: (low, high)})`` against λ0 on a log axis."""
+    """One line per panel entry: ``(label, {x: mean}, {x: (low, high)})`` against x (λ0) on a log axis."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, means, bands in panels:
@@ -104,7 +105,7 @@ def plot_lambda_sweeps(
         )
     ax.axhline(1.0, color='black', linewidth=1, linestyle='--')
     ax.set_xscale('log')
-    ax.set_xlabel('λ0')
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which='both')
     ax.legend(fontsize=8)

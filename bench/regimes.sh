@@ -36,13 +36,15 @@ case "${1:-}" in
     run --regime overtake --seeds 1,2,3 --arms "baseline;let:lambda0=$best;let:lambda0=$best,stop=auto"
     run --regime overtake --seeds 1,2 --arms "baseline;let:lambda0=$best,stop=0.5dur"
     run --regime overtake --seeds 1,2 --arms "baseline;let" ;;  # the paper's setting, for reference
-  width)  # issue 10 §3 / issue 11 acceptance 3, not run yet: λ0 and grad_ratio sweeps at widths 48, 64, 96
-    # in overtake (~60 long runs, 10 h or more on this machine; cached, so it can be run a few hours at a time)
-    for w in 48 64 96; do
-      width=(); [ "$w" = 64 ] || width=(--width "$w")
-      run --regime overtake "${width[@]}" --seeds 1,2,3 --arms "baseline;let"
-      run --regime overtake "${width[@]}" --seeds 1,2 --lambda0s 0.01,0.03,0.3,1,3 \
-        --arms "baseline;let:strength=relative,grad_ratio=0.1;let:strength=relative,grad_ratio=0.3;let:strength=relative,grad_ratio=1;let:strength=relative,grad_ratio=3"
+  width)  # issue 10 §3 / issue 11 acceptance 3, in teacher-ahead (overtake's 1800-step runs: 10 h or more):
+    # what one λ0 means per width, then the absolute λ0 and relative grad_ratio sweeps at target widths 32, 64, 128
+    "$py" bench/pull_per_lambda.py --widths 32,64,128,192,512,1024,2048 --out bench/reported/regimes/pull-per-lambda.json
+    for seed in 1 2; do
+      for w in 32 64 128; do
+        width=(); [ "$w" = 64 ] || width=(--width "$w")
+        run --regime teacher-ahead "${width[@]}" --seeds "$seed" --lambda0s 1,3,10 \
+          --arms 'baseline;let:strength=relative,grad_ratio=1;let:strength=relative,grad_ratio=3;let:strength=relative,grad_ratio=10'
+      done
     done ;;
   *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|sweep-weak|cross|overtake|sweep-overtake|width" >&2; exit 2 ;;
 esac

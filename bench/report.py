@@ -7,7 +7,8 @@ teachers must already be cached) and writes, for each experiment that has runs:
   whether the gap to the baseline is within seed noise, where each seed passes the teacher, LET's
   diagnostics averaged over the active phase) plus every run's eval curve;
 * ``<out>/<name>.png``: eval loss vs step, whole run and second half;
-* ``<out>/lambda0-sweeps.png`` (speedup vs λ0 per regime) and ``<out>/width-lambda0.png`` (when run);
+* ``<out>/lambda0-sweeps.png`` (speedup vs λ0 per regime) and ``<out>/width-{lambda0,grad-ratio}.png``
+  (speedup vs λ0 and vs relative strength per target width, when two widths have run);
 * a markdown report on stdout (``--markdown FILE`` also writes it).
 
     python bench/report.py                         # into bench/results/report/
@@ -35,11 +36,13 @@ EXPERIMENTS: dict[str, tuple[str, int | None, bool]] = {
     'teacher-ahead': ('teacher-ahead', None, False),
     'overtake': ('overtake', None, False),
     'weak-teacher': ('weak-teacher', None, False),
-    'overtake-w48': ('overtake', 48, False),
-    'overtake-w96': ('overtake', 96, False),
+    'teacher-ahead-w32': ('teacher-ahead', 32, False),
+    'teacher-ahead-w128': ('teacher-ahead', 128, False),
     'teacher-ahead-cross-tokenizer': ('teacher-ahead', None, True),
 }
-LAMBDA0S = ('0.01', '0.03', '0.1', '0.3', '1', '3')
+LAMBDA0S = ('0.01', '0.03', '0.1', '0.3', '1', '3', '10')
+GRAD_RATIOS = ('0.1', '0.3', '1', '3', '10')  # strength: relative
+WIDTHS = {'teacher-ahead-w32': 32, 'teacher-ahead': 64, 'teacher-ahead-w128': 128}  # the width study (issue 10 §3)
 
 
 def all_arms(runs_dir: Path) -> list[dict[str, Any]]:
@@ -53,16 +56,19 @@ def all_arms(runs_dir: Path) -> list[dict[str, Any]]:
     return sorted(arms.values(), key=lambda a: (a['name'] != 'baseline', a['name'] != 'let', a['name']))
 
 
-def lambda0_of(arm: dict[str, Any]) -> str | None:
-    """The λ0 of a plain λ0-sweep arm (default settings but λ0), as written in LAMBDA0S; else None."""
+def strength_of(arm: dict[str, Any]) -> tuple[str, str] | None:
+    """``('lambda0', '3')`` or ``('grad_ratio', '1')`` for a plain sweep arm (default settings but the
+    strength); else None."""
     let = arm.get('let')
-    if (
-        not let
-        or arm.get('salt')
-        or {k: v for k, v in let.items() if k != 'lambda0'} != {k: v for k, v in LET_DEFAULTS.items() if k != 'lambda0'}
-    ):
+    if not let or arm.get('salt'):
         return None
-    return f'{let["lambda0"]:g}'
+    strength_keys = ('lambda0', 'strength', 'grad_ratio')
+    rest = {k: v for k, v in let.items() if k not in strength_keys}
+    if rest != {k: v for k, v in LET_DEFAULTS.items() if k not in strength_keys}:
+        return None
+    if let.get('strength') == 'relative':
+        return 'grad_ratio', f'{let["grad_ratio"]:g}'
+    return 'lambda0', f'{let["lambda0"]:g}'
 
 
 def diagnostics(run: dict[str, Any]) -> dict[str, float | None]:
@@ -109,8 +115,17 @@ def experiment(name: str, runs_dir: Path, cache: Path) -> dict[str, Any] | None:
         entry['teacher_active_until'] = {r['seed']: d.get('active_until') for r, d in zip(mine, diag, strict=True)}
         if diag and diag[0]:
             entry['diagnostics'] = {k: _mean([d.get(k) for d in diag]) for k in diag[0]}
-    sweep = {lambda0_of(a): a['name'] for a in (r['arm'] for r in runs) if lambda0_of(a)}
-    best = best_arm(summary, [sweep[k] for k in LAMBDA0S if k in sweep])
+    sweeps: dict[str, dict[str, str]] = {'lambda0': {}, 'grad_ratio': {}}
+    for arm in (r['arm'] for r in runs):
+        if key := strength_of(arm):
+            sweeps[key[0]][key[1]] = arm['name']
+    lambda0s = {k: sweeps['lambda0'][k] for k in LAMBDA0S if k in sweeps['lambda0']}
+    ratios = {k: sweeps['grad_ratio'][k] for k in GRAD_RATIOS if k in sweeps['grad_ratio']}
+    first = [  # the alignment's pull per unit of λ on the first batch: what one λ0 means at this width
+        dict(r['series']['let/grad_ratio'])[1] / dict(r['series']['let/lambda'])[1]
+        for r in runs
+        if r['arm']['name'] in lambda0s.values() and r['series'].get('let/grad_ratio')
+    ]
     return {
         'name': name,
         'plan': plan,
@@ -118,8 +133,11 @@ def experiment(name: str, runs_dir: Path, cache: Path) -> dict[str, Any] | None:
         'target_params': runs[0]['params'],
         'params_ratio_non_embedding': runs[0]['params']['non_embedding'] / teacher['params']['non_embedding'],
         'summary': summary,
-        'lambda0_sweep': {k: sweep[k] for k in LAMBDA0S if k in sweep},
-        'best_lambda0_arm': best,
+        'lambda0_sweep': lambda0s,
+        'best_lambda0_arm': best_arm(summary, list(lambda0s.values())),
+        'grad_ratio_sweep': ratios,
+        'best_grad_ratio_arm': best_arm(summary, list(ratios.values())),
+        'grad_ratio_per_lambda_batch_1': _mean(first),
         'runs': [{k: r[k] for k in ('arm', 'seed', 'eval_curve', 'final_loss', 'series', 'params')} for r in runs],
     }
 
@@ -165,26 +183,56 @@ def markdown(result: dict[str, Any]) -> str:
             f'{", ".join(fractions)} | {"—" if ratio is None else f"{ratio:.3g}"} | '
             f'{"—" if cos is None else f"{cos:+.2f}"} | {", ".join(map(str, until)) or "—"} |'
         )
-    if result['best_lambda0_arm']:
-        lines += ['', f'Best λ0 arm (mean final loss, ≥ 2 seeds): `{result["best_lambda0_arm"]}`.']
+    for key, label in (('best_lambda0_arm', 'λ0'), ('best_grad_ratio_arm', 'grad_ratio (strength: relative)')):
+        if result[key]:
+            lines += ['', f'Best {label} arm (mean final loss, ≥ 2 seeds): `{result[key]}`.']
     return '\n'.join(lines) + '\n'
 
 
-def sweep_panels(results: dict[str, dict[str, Any]], names: list[str]) -> list[tuple]:
+def sweep_panels(results: dict[str, dict[str, Any]], names: list[str], sweep: str = 'lambda0') -> list[tuple]:
     panels = []
     for name in names:
         result = results.get(name)
         if not result:
             continue
         means, bands = {}, {}
-        for lam, arm in result['lambda0_sweep'].items():
+        for value, arm in result[f'{sweep}_sweep'].items():
             speed = result['summary'][arm].get('speedup_steps')
             if speed and speed['n']:
-                means[lam] = speed['mean']
-                bands[lam] = (speed['min'], speed['max'])
+                means[value] = speed['mean']
+                bands[value] = (speed['min'], speed['max'])
         if means:
             panels.append((f'{name} (teacher {result["teacher"]["eval_loss"]:.2f})', means, bands))
     return panels
+
+
+def width_table(results: dict[str, dict[str, Any]]) -> str:
+    """The width study in one table: what one λ0 means at each width, and the best point of each sweep."""
+
+    def best(result: dict[str, Any], key: str) -> str:
+        arm = result[key]
+        if not arm:
+            return '—'
+        speed = result['summary'][arm].get('speedup_steps') or {}
+        ratio = result['summary'][arm].get('diagnostics', {}).get('grad_ratio')
+        return f'`{arm}` {speed.get("mean", math.nan):.2f}x (grad_ratio {ratio if ratio is None else f"{ratio:.3g}"})'
+
+    lines = [
+        '### width study (teacher-ahead)',
+        '',
+        '| width | target non-embedding | grad_ratio per unit λ, batch 1 | best absolute λ0 '
+        '| best relative grad_ratio |',
+        '| --- | --- | --- | --- | --- |',
+    ]
+    for name, width in WIDTHS.items():
+        if result := results.get(name):
+            per_lambda = result['grad_ratio_per_lambda_batch_1']
+            lines.append(
+                f'| {width} | {result["target_params"]["non_embedding"] / 1e6:.3f}M | '
+                f'{"—" if per_lambda is None else f"{per_lambda:.2f}"} | '
+                f'{best(result, "best_lambda0_arm")} | {best(result, "best_grad_ratio_arm")} |'
+            )
+    return '\n'.join(lines) + '\n'
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -202,14 +250,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[name] = result
         write_json(out / f'{name}.json', result)
         plot_curves(result, out / f'{name}.png')
-    for names, png, needed in (
-        (['teacher-ahead', 'overtake', 'weak-teacher'], 'lambda0-sweeps.png', 1),
-        (['overtake-w48', 'overtake', 'overtake-w96'], 'width-lambda0.png', 2),
+    widths = list(WIDTHS)
+    for names, sweep, png, needed in (
+        (['teacher-ahead', 'overtake', 'weak-teacher'], 'lambda0', 'lambda0-sweeps.png', 1),
+        (widths, 'lambda0', 'width-lambda0.png', 2),
+        (widths, 'grad_ratio', 'width-grad-ratio.png', 2),
     ):
-        panels = sweep_panels(results, names)
+        panels = sweep_panels(results, names, sweep)
         if len(panels) >= needed:  # no figure for a study that has not run (a width study needs 2 widths)
-            plot_lambda_sweeps(panels, out / png)
+            xlabel = 'λ0' if sweep == 'lambda0' else 'grad_ratio (strength: relative)'
+            plot_lambda_sweeps(panels, out / png, xlabel=xlabel)
     text = '\n'.join(markdown(r) for r in results.values())
+    if sum(name in results for name in widths) >= 2:
+        text += '\n' + width_table(results)
     if args.markdown:
         args.markdown.write_text(text)
     print(text)
