@@ -105,6 +105,14 @@ def test_arm_specs_name_sweeps_and_fold_the_default(monkeypatch: pytest.MonkeyPa
         convergence.arm_specs(convergence.argparse.Namespace(arms='let', lambda0s=None, stops=None, stop_lambda0s=''))
 
 
+def test_report_sorts_arms_into_the_absolute_and_relative_sweeps() -> None:
+    convergence, report = _bench('convergence'), _bench('report')
+    assert report.strength_of(convergence.parse_arm('let:lambda0=3')) == ('lambda0', '3')
+    assert report.strength_of(convergence.parse_arm('let:strength=relative,grad_ratio=0.3')) == ('grad_ratio', '0.3')
+    for spec in ('baseline', 'let:lambda0=3,stop=0.5dur', 'let:strength=relative,grad_ratio=1,stop=auto'):
+        assert report.strength_of(convergence.parse_arm(spec)) is None  # not a plain point of either sweep
+
+
 @pytest.mark.skipif(not (SHARED_DATA / 'text').is_dir(), reason=f'the real corpus {SHARED_DATA / "text"} is absent')
 def test_convergence_smoke(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
