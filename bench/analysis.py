@@ -71,6 +71,13 @@ def series_mean(series: list[list[float]] | None, start: int = 0, end: int | Non
     return statistics.fmean(values) if values else None
 
 
+def pull_per_lambda(series: dict[str, list[list[float]]]) -> float | None:
+    """``let/grad_ratio / let/lambda`` on batch 1: the alignment's pull per unit of λ, relative to the CE,
+    at the hooked block of the untrained target (what one λ0 means at its width); None without LET's logs."""
+    ratio, lam = (dict(series.get(k) or []) for k in ('let/grad_ratio', 'let/lambda'))
+    return ratio[1] / lam[1] if ratio.get(1) is not None and lam.get(1) else None
+
+
 def summarise(runs: list[dict], teacher_loss: float, arm_names: list[str]) -> dict[str, Any]:
     """Per arm: final loss, crossover with the teacher, speedup in steps against the same seed's baseline."""
     by = {(r['arm']['name'], r['seed']): r for r in runs}

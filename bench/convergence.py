@@ -357,6 +357,29 @@ def run_key(arm: dict, seed: int, plan: dict, teacher: dict) -> str:
     return signature(ident)
 
 
+def run_path(runs_dir: Path, arm: dict, seed: int, plan: dict, teacher: dict) -> Path:
+    """Where the run of ``arm`` and ``seed`` in ``plan`` is cached (its JSON record)."""
+    return runs_dir / f'{arm["name"].replace("/", "_")}-s{seed}-{run_key(arm, seed, plan, teacher)}.json'
+
+
+def cached_run(arm: dict, seed: int, plan: dict, teacher: dict, path: Path) -> dict[str, Any]:
+    """The run's record at ``path``: trained here if no invocation has it yet, else waited for or read."""
+    if not path.exists() and claim(path):
+        try:
+            print(f'convergence: {plan["name"]} {arm["name"]} seed {seed} ...', flush=True)
+            record = in_subprocess(target_job(arm, seed, plan, teacher), path.with_suffix('.tmp.json'))
+            write_json(path, {'arm': arm, 'seed': seed, 'plan': plan['name'], **record})
+            path.with_suffix('.tmp.json').unlink(missing_ok=True)
+            print(f'  {arm["name"]} seed {seed}: final eval loss {record["final_loss"]:.4f}', flush=True)
+        finally:
+            path.with_suffix('.lock').unlink(missing_ok=True)
+    while not path.exists():  # another invocation is running it (regimes share their baselines)
+        if not path.with_suffix('.lock').exists():
+            raise RuntimeError(f'convergence: {path.name} was claimed by another invocation that failed.')
+        time.sleep(10)
+    return json.loads(path.read_text())
+
+
 def claim(path: Path) -> bool:
     """Take the run at ``path`` for this invocation (False: another invocation holds it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -465,9 +488,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
     runs_dir = args.results / 'runs'
     todo = [
-        (arm, seed, runs_dir / f'{arm["name"].replace("/", "_")}-s{seed}-{run_key(arm, seed, plan, teacher)}.json')
-        for seed in seeds
-        for arm in arms
+        (arm, seed, run_path(runs_dir, arm, seed, plan, teacher)) for seed in seeds for arm in arms
     ]  # seed-major: a partial sweep still has complete pairs
     print(
         f'convergence: {plan["name"]}: teacher eval loss {teacher["eval_loss"]:.4f}; '
@@ -479,25 +500,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f'  {"cached " if path.exists() else "pending"} {arm["name"]} seed {seed}  {path.name}')
         return {'plan': plan, 'todo': [str(p) for *_, p in todo]}
 
-    def one(item: tuple[dict, int, Path]) -> dict[str, Any]:
-        arm, seed, path = item
-        if not path.exists() and claim(path):
-            try:
-                print(f'convergence: {plan["name"]} {arm["name"]} seed {seed} ...', flush=True)
-                record = in_subprocess(target_job(arm, seed, plan, teacher), path.with_suffix('.tmp.json'))
-                write_json(path, {'arm': arm, 'seed': seed, 'plan': plan['name'], **record})
-                path.with_suffix('.tmp.json').unlink(missing_ok=True)
-                print(f'  {arm["name"]} seed {seed}: final eval loss {record["final_loss"]:.4f}', flush=True)
-            finally:
-                path.with_suffix('.lock').unlink(missing_ok=True)
-        while not path.exists():  # another invocation is running it (regimes share their baselines)
-            if not path.with_suffix('.lock').exists():
-                raise RuntimeError(f'convergence: {path.name} was claimed by another invocation that failed.')
-            time.sleep(10)
-        return json.loads(path.read_text())
-
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        runs = list(pool.map(one, todo))
+        runs = list(pool.map(lambda item: cached_run(item[0], item[1], plan, teacher, item[2]), todo))
     summary = summarise(runs, teacher['eval_loss'], [a['name'] for a in arms])
     out_dir = args.results / plan['name']
     result = {

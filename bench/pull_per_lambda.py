@@ -14,31 +14,26 @@ steps are enough; runs are cached in ``<results>/runs`` like ``convergence.py``'
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from analysis import pull_per_lambda
 from common import RESULTS, machine_facts, write_json
-from convergence import in_subprocess, make_plan, parse_arm, run_key, target_job
+from convergence import cached_run, make_plan, parse_arm, run_path
 
 
 def pull(width: int, steps: int, results: Path) -> dict[str, Any]:
     """One LET run of ``steps`` steps at ``width`` (cached); its first batch's gradient ratio per unit of λ."""
     plan = make_plan('teacher-ahead', results / 'cache', width=width, target_steps=steps)
     arm, seed = parse_arm('let'), 1
-    path = results / 'runs' / f'let-s{seed}-{run_key(arm, seed, plan, plan["teacher"])}.json'
-    if not path.exists():
-        record = in_subprocess(target_job(arm, seed, plan, plan['teacher']), path.with_suffix('.tmp.json'))
-        write_json(path, {'arm': arm, 'seed': seed, 'plan': plan['name'], **record})
-        path.with_suffix('.tmp.json').unlink(missing_ok=True)
-    record = json.loads(path.read_text())
-    ratio, lam = (dict(record['series'][k]) for k in ('let/grad_ratio', 'let/lambda'))
+    path = run_path(results / 'runs', arm, seed, plan, plan['teacher'])
+    record = cached_run(arm, seed, plan, plan['teacher'], path)
     return {
         'width': width,
         'non_embedding_params': record['params']['non_embedding'],
-        'grad_ratio_per_lambda_batch_1': ratio[1] / lam[1],
+        'grad_ratio_per_lambda_batch_1': pull_per_lambda(record['series']),
         'run': path.name,
     }
 

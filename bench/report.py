@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from analysis import best_arm, series_mean, summarise
+from analysis import best_arm, pull_per_lambda, series_mean, summarise
 from common import RESULTS, write_json
-from convergence import LET_DEFAULTS, make_plan, run_key
+from convergence import LET_DEFAULTS, make_plan, run_path
 from plots import plot_curves, plot_lambda_sweeps
 
 # name: (regime, width, cross_teacher)
@@ -102,7 +102,7 @@ def experiment(name: str, runs_dir: Path, cache: Path) -> dict[str, Any] | None:
     runs = []
     for arm in all_arms(runs_dir):
         for seed in (1, 2, 3, 4, 5):
-            path = runs_dir / f'{arm["name"].replace("/", "_")}-s{seed}-{run_key(arm, seed, plan, teacher)}.json'
+            path = run_path(runs_dir, arm, seed, plan, teacher)
             if path.exists():
                 runs.append(json.loads(path.read_text()))
     if not any(r['arm']['name'] != 'baseline' for r in runs):
@@ -121,11 +121,7 @@ def experiment(name: str, runs_dir: Path, cache: Path) -> dict[str, Any] | None:
             sweeps[key[0]][key[1]] = arm['name']
     lambda0s = {k: sweeps['lambda0'][k] for k in LAMBDA0S if k in sweeps['lambda0']}
     ratios = {k: sweeps['grad_ratio'][k] for k in GRAD_RATIOS if k in sweeps['grad_ratio']}
-    first = [  # the alignment's pull per unit of λ on the first batch: what one λ0 means at this width
-        dict(r['series']['let/grad_ratio'])[1] / dict(r['series']['let/lambda'])[1]
-        for r in runs
-        if r['arm']['name'] in lambda0s.values() and r['series'].get('let/grad_ratio')
-    ]
+    first = [pull_per_lambda(r['series']) for r in runs if r['arm']['name'] in lambda0s.values()]
     return {
         'name': name,
         'plan': plan,
