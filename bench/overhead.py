@@ -135,7 +135,10 @@ def _child(conn: Any, arm: str, family: str, overrides: list[str], threads: int)
     """One arm: a real ``train_from_yaml`` run whose batches wait for the parent's go."""
     global _CONN
     _CONN = conn
+    import streaming_prefix_lock  # the arms build their datasets at the same moment: see the module
     import torch
+
+    streaming_prefix_lock.install()
 
     if arm != 'baseline' and not parse_arm(arm)['probe']:
         from composer_let.diagnostics import GradientProbe

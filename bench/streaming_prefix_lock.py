@@ -3,13 +3,14 @@
 ``StreamingDataset`` picks the first free prefix (``/000123_locals`` ...) and creates it in two steps,
 so two processes building a dataset at the same moment can pick the same one and the second fails with
 ``FileExistsError: [Errno 17] File exists: '/000123_locals'`` (mosaicml/streaming#884, #901, open).
-``bench/convergence.py --jobs 2`` starts two training runs at once, and ``scripts/test.sh`` runs two
-test files at a time: both hit it. ``install()`` wraps the function that ``StreamingDataset`` calls so
-that the local leader holds an exclusive file lock from the search to the creation. Every rank searches
-for the prefix on its own, so the other ranks start their search only once their leader holds the lock
-(a barrier): otherwise another job can register the prefix a rank chose before its leader does
-("shared memory registered does not match local leader", seen in CI). Nothing else of streaming changes.
-Installed by the benchmark's training subprocesses, ``tests/conftest.py`` and the 2-process test workers.
+``bench/convergence.py --jobs 2`` starts two training runs at once, ``bench/overhead.py`` starts its
+arms in lockstep, and ``scripts/test.sh`` runs two test files at a time: all hit it. ``install()`` wraps
+the function that ``StreamingDataset`` calls so that the local leader holds an exclusive file lock from
+the search to the creation. Every rank searches for the prefix on its own, so the other ranks start
+their search only once their leader holds the lock (a barrier): otherwise another job can register the
+prefix a rank chose before its leader does ("shared memory registered does not match local leader", seen
+in CI). Nothing else of streaming changes. Installed by the benchmarks' training subprocesses,
+``tests/conftest.py`` and the 2-process test workers.
 """
 
 from __future__ import annotations
