@@ -46,5 +46,11 @@ case "${1:-}" in
           --arms 'baseline;let:strength=relative,grad_ratio=1;let:strength=relative,grad_ratio=3;let:strength=relative,grad_ratio=10'
       done
     done ;;
-  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|sweep-weak|cross|overtake|sweep-overtake|width" >&2; exit 2 ;;
+  horizon)  # issue 11 acceptance 1: stop: auto firing only once the student has passed its teacher (stop_horizon 0),
+    # in weak-teacher at the default and the best λ0; then where the replay says it never fires (= the 0.5dur arms)
+    run --regime weak-teacher --seeds 1,2,3 \
+      --arms "baseline;let:stop=auto,stop_horizon=0;let:lambda0=$best,stop=auto,stop_horizon=0"
+    run --regime teacher-ahead --seeds 1,2 --arms "baseline;let:lambda0=$best,stop=auto,stop_horizon=0"
+    run --regime overtake --seeds 3,1 --arms "baseline;let:lambda0=$best,stop=auto,stop_horizon=0" ;;
+  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|sweep-weak|cross|overtake|sweep-overtake|width|horizon" >&2; exit 2 ;;
 esac

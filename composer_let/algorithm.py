@@ -10,6 +10,7 @@ Add one block to an llm-foundry YAML and launch as always
         lambda0: 0.1             # λ0 (strength: absolute, the paper's)
         stop: 0.25dur            # S_stop: 2000ba, 5e8tok, 1ep, 0.25dur, or auto (ends when it stops helping)
         # stop_max: 0.5dur       # with stop: auto, the latest the guidance may run (default 0.5dur)
+        # stop_horizon: 1        # with stop: auto, how far ahead it projects the CE crossover (0: only once passed)
         # strength: relative     # absolute (λ0, the paper's) | relative (grad_ratio)
         # grad_ratio: 0.1        # with strength: relative: target ‖λ·∇_h L_align‖ / ‖∇_h L_rest‖
         schedule: linear         # linear (paper) | constant | cosine | step
@@ -174,6 +175,7 @@ class LET(Algorithm):
         student_module: str | None = None,
         ce_tokens: int = 256,
         stop_max: str | int | Time | None = None,
+        stop_horizon: float | None = None,
         strength: str = 'absolute',
         grad_ratio: float | None = None,
         cross_tokenizer: bool = False,
@@ -217,9 +219,17 @@ class LET(Algorithm):
         if self.auto_stop:
             self.stop = parse_stop(DEFAULT_STOP_MAX if stop_max is None else stop_max, key=f'{SECTION}.stop_max')
         else:
-            if stop_max is not None:
-                raise ValueError(f'{SECTION}.stop_max applies only with stop: auto; set stop: auto or drop stop_max.')
             self.stop = parse_stop(stop, key=f'{SECTION}.stop', extra='or auto')
+        auto_only = {'stop_max': stop_max, 'stop_horizon': stop_horizon}
+        for key in (k for k, v in auto_only.items() if v is not None and not self.auto_stop):
+            raise ValueError(f'{SECTION}.{key} applies only with stop: auto; set stop: auto or drop {key}.')
+        self.stop_horizon = cfg.number(
+            SECTION,
+            'stop_horizon',
+            AutoStop.horizon if stop_horizon is None else stop_horizon,
+            0.0,
+            hint='(in multiples of the batches trained so far; 0: stop once the student has passed its teacher)',
+        )
         self.student_layer = cfg.integer(SECTION, 'student_layer', student_layer, optional=True)
         self.teacher_layer = cfg.integer(SECTION, 'teacher_layer', teacher_layer, optional=True)
         if student_module is not None and student_layer is not None:
@@ -237,7 +247,7 @@ class LET(Algorithm):
             )
 
         self.align_weight = 0.0  # λ for the current batch
-        self.autostop = AutoStop() if self.auto_stop else None
+        self.autostop = AutoStop(horizon=self.stop_horizon) if self.auto_stop else None
         self.relative = RelativeStrength() if self.strength == 'relative' else None
         self.active = False  # teacher loaded and hook in place
         self._teacher_path = ''

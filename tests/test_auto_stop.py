@@ -115,6 +115,8 @@ def test_ddp_ranks_stop_on_the_same_batch(assets, bad_teacher, tmp_path: Path) -
         ({'stop': 'autox'}, r"algorithms\.let\.stop='autox' cannot be parsed.*or auto"),
         ({'stop': '0.3dur', 'stop_max': '0.5dur'}, r'stop_max applies only with stop: auto'),
         ({'stop': 'auto', 'stop_max': 'later'}, r"algorithms\.let\.stop_max='later' cannot be parsed"),
+        ({'stop': '0.3dur', 'stop_horizon': 0}, r'stop_horizon applies only with stop: auto'),
+        ({'stop': 'auto', 'stop_horizon': -1}, r'algorithms\.let\.stop_horizon=-1 must be a number in \[0'),
         ({'strength': 'relative', 'grad_ratio': -0.1}, r'algorithms\.let\.grad_ratio=-0\.1 must be a number in \(0'),
         ({'strength': 'relative'}, r'strength=relative needs algorithms\.let\.grad_ratio'),
         ({'strength': 'relative', 'grad_ratio': 0.1, 'lambda0': 0.1}, r'lambda0 is the weight of strength: absolute'),
@@ -127,6 +129,11 @@ def test_ddp_ranks_stop_on_the_same_batch(assets, bad_teacher, tmp_path: Path) -
 def test_bad_values_name_the_key(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         LET(teacher='t', **kwargs)
+
+
+def test_stop_horizon_reaches_the_rule() -> None:
+    assert LET(teacher='t', stop='auto').autostop.horizon == 1.0
+    assert LET(teacher='t', stop='auto', stop_horizon=0).autostop.horizon == 0.0
 
 
 def test_stop_max_beyond_max_duration_fails_before_step_one(train) -> None:
