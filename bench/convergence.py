@@ -310,6 +310,10 @@ def parse_arm(spec: str) -> dict[str, Any]:
         extra[key] = _value(raw)
     if extra and kind != 'let':
         raise SystemExit(f'convergence: arm {spec!r}: overrides are for let arms only.')
+    if extra.get('stop') == 'auto':  # the rule's default belongs to the run's name and key
+        from composer_let.control import AutoStop
+
+        extra.setdefault('stop_horizon', _value(f'{AutoStop.horizon:g}'))
     name = kind if not extra else 'let:' + ','.join(f'{k}={v}' for k, v in extra.items())
     let = {**LET_DEFAULTS, **extra}
     if extra.get('strength') == 'relative':  # grad_ratio sets the strength; λ0 would be refused

@@ -3,6 +3,7 @@
 # Every run is cached in bench/results/runs/, so phases can be rerun, reordered or interrupted;
 # `python bench/report.py --out bench/reported/regimes` then summarises whatever has run.
 # Usage: bash bench/regimes.sh <phase>   (two 1-thread processes on the 2 cores: --jobs 2)
+# stop: auto ran with stop_horizon 1 (then its default) until phase horizon measured 0, the default now.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 py="${PY:-python}"
@@ -17,15 +18,15 @@ case "${1:-}" in
   sweep-ahead)  # λ0 sweep, 2 seeds
     run --regime teacher-ahead --seeds 1,2 --lambda0s 0.01,0.03,0.3,1,3 ;;
   auto-weak)  # acceptance 1 of issue 11: stop: auto at the default λ0 against the baseline
-    run --regime weak-teacher --seeds 1,2,3 --arms 'baseline;let;let:stop=auto' ;;
+    run --regime weak-teacher --seeds 1,2,3 --arms 'baseline;let;let:stop=auto,stop_horizon=1' ;;
   best-ahead)  # the best λ0 at 3 seeds with 0.25dur, 0.5dur and stop: auto; S_stop 0.1/0.5dur at the default and best λ0
     run --regime teacher-ahead --seeds 1,2,3 \
-      --arms "baseline;let;let:lambda0=$best;let:lambda0=$best,stop=auto;let:lambda0=$best,stop=0.5dur"
+      --arms "baseline;let;let:lambda0=$best;let:lambda0=$best,stop=auto,stop_horizon=1;let:lambda0=$best,stop=0.5dur"
     run --regime teacher-ahead --seeds 1,2 --stops 0.1dur,0.5dur --stop-lambda0s "0.1,$best" ;;
   sweep-weak)  # issue 10 §2 in weak-teacher: the λ0 sweep, S_stop at the default and the best λ0 (3), the best λ0 at 3 seeds with stop: auto
     run --regime weak-teacher --seeds 1,2 --lambda0s 0.01,0.03,0.3,1,3
     run --regime weak-teacher --seeds 1,2 --stops 0.1dur,0.5dur --stop-lambda0s 0.1,3
-    run --regime weak-teacher --seeds 1,2,3 --arms 'baseline;let:lambda0=3;let:lambda0=3,stop=auto' ;;
+    run --regime weak-teacher --seeds 1,2,3 --arms 'baseline;let:lambda0=3;let:lambda0=3,stop=auto,stop_horizon=1' ;;
   sweep-overtake)  # issue 10 §2 in overtake: the rest of the λ0 sweep (0.1 and 3 ran in phase overtake) and of S_stop
     run --regime overtake --seeds 1,2 --lambda0s 1,0.3
     run --regime overtake --seeds 1,2 --lambda0s 0.03,0.01
@@ -33,7 +34,7 @@ case "${1:-}" in
   cross)  # issue 12: the same teacher recipe on a 4096-token BPE, LET across tokenizers at the best λ0
     run --regime teacher-ahead --cross-teacher --seeds 1,2 --arms "baseline;let:lambda0=$best" ;;
   overtake)  # the paper's regime (1800 steps: ~3.6x a short run): the best λ0 of teacher-ahead, fixed and auto stop
-    run --regime overtake --seeds 1,2,3 --arms "baseline;let:lambda0=$best;let:lambda0=$best,stop=auto"
+    run --regime overtake --seeds 1,2,3 --arms "baseline;let:lambda0=$best;let:lambda0=$best,stop=auto,stop_horizon=1"
     run --regime overtake --seeds 1,2 --arms "baseline;let:lambda0=$best,stop=0.5dur"
     run --regime overtake --seeds 1,2 --arms "baseline;let" ;;  # the paper's setting, for reference
   width)  # issue 10 §3 / issue 11 acceptance 3, in teacher-ahead (overtake's 1800-step runs: 10 h or more):

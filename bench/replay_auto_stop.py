@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument(
         '--arms', default='let;let:lambda0=3;let:lambda0=3,stop=0.5dur', help="';'-separated, as in convergence.py"
     )
-    parser.add_argument('--horizons', default='1,0.5,0', help='AutoStop.horizon values (1: the default)')
+    parser.add_argument('--horizons', default='1,0.5,0', help='AutoStop.horizon values (0: the default)')
     args = parser.parse_args()
     horizons = [float(h) for h in args.horizons.split(',')]
     wanted = {a.strip() for a in args.arms.split(';') if a.strip()}

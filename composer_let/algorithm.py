@@ -10,7 +10,7 @@ Add one block to an llm-foundry YAML and launch as always
         lambda0: 0.1             # λ0 (strength: absolute, the paper's)
         stop: 0.25dur            # S_stop: 2000ba, 5e8tok, 1ep, 0.25dur, or auto (ends when it stops helping)
         # stop_max: 0.5dur       # with stop: auto, the latest the guidance may run (default 0.5dur)
-        # stop_horizon: 1        # with stop: auto, how far ahead it projects the CE crossover (0: only once passed)
+        # stop_horizon: 0        # with stop: auto, fire once the student passes its teacher; 1: once on course to
         # strength: relative     # absolute (λ0, the paper's) | relative (grad_ratio)
         # grad_ratio: 0.1        # with strength: relative: target ‖λ·∇_h L_align‖ / ‖∇_h L_rest‖
         schedule: linear         # linear (paper) | constant | cosine | step

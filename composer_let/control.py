@@ -86,11 +86,11 @@ class AutoStop:
     Signals, each smoothed by an EMA over batches (``beta``) and read after ``warmup`` batches:
 
     * ``ce``: the student's CE comes within ``ce_gap`` nats of the teacher's on the same tokens
-      (``student − teacher < ce_gap``; 0: the student has passed its teacher), or is on course to:
-      at the gap's smoothed rate of closing, it would get there within ``horizon`` × the batches
-      trained so far. The premise: a teacher the student is about to leave behind has little left
-      to give. Measured with a weak teacher (bench/README.md): at λ0 = 0.1 ending here hurt less
-      than the paper's stop; at λ0 = 3 guiding on, to 0.25dur or later, was better.
+      (``student − teacher < ce_gap``; 0: the student has passed its teacher). With ``horizon`` > 0
+      also when it is on course to: at the gap's smoothed rate of closing, it would get there within
+      ``horizon`` × the batches trained so far. Measured (bench/README.md): projecting (``horizon``
+      1) fired too early with a weak teacher, where λ0 = 3 then ended behind the baseline, and at
+      best as well as waiting in the other regimes, so the default waits for the crossing (0).
     * ``conflict``: the alignment's gradient at the hooked block opposes the rest of the loss's
       (``let/grad_cos`` below ``-cos_threshold``) persistently.
 
@@ -106,7 +106,7 @@ class AutoStop:
     beta: float = 0.9
     warmup: int = 10
     ce_gap: float = 0.0
-    horizon: float = 1.0
+    horizon: float = 0.0
     cos_threshold: float = 0.0
     ramp_share: float = 0.1
     gap_ema: Ema | None = None

@@ -132,8 +132,8 @@ def test_bad_values_name_the_key(kwargs: dict, match: str) -> None:
 
 
 def test_stop_horizon_reaches_the_rule() -> None:
-    assert LET(teacher='t', stop='auto').autostop.horizon == 1.0
-    assert LET(teacher='t', stop='auto', stop_horizon=0).autostop.horizon == 0.0
+    assert LET(teacher='t', stop='auto').autostop.horizon == 0.0
+    assert LET(teacher='t', stop='auto', stop_horizon=1).autostop.horizon == 1.0
 
 
 def test_stop_max_beyond_max_duration_fails_before_step_one(train) -> None:

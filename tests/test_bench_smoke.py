@@ -101,6 +101,9 @@ def test_arm_specs_name_sweeps_and_fold_the_default(monkeypatch: pytest.MonkeyPa
     assert arms[2]['let'] == {**convergence.LET_DEFAULTS, 'lambda0': 1}
     relative = convergence.parse_arm('let:strength=relative,grad_ratio=0.3')['let']
     assert relative['grad_ratio'] == 0.3 and 'lambda0' not in relative  # λ0 is refused beside grad_ratio
+    auto = convergence.parse_arm('let:stop=auto')  # the rule's default is named: runs of an older one stay apart
+    assert auto == convergence.parse_arm('let:stop=auto,stop_horizon=0') and auto['name'].endswith('stop_horizon=0')
+    assert convergence.parse_arm('let:stop=auto,stop_horizon=1')['let']['stop_horizon'] == 1
     with pytest.raises(SystemExit, match='must include baseline'):
         convergence.arm_specs(convergence.argparse.Namespace(arms='let', lambda0s=None, stops=None, stop_lambda0s=''))
 

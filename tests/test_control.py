@@ -62,7 +62,7 @@ def test_auto_stop_waits_while_the_student_levels_off_behind() -> None:
 
 def test_auto_stop_fires_when_the_student_is_on_course_to_pass_within_the_horizon() -> None:
     # gap(b) = 2 - 0.05 b: at batch b the student would pass in 40 - b batches; horizon 1 fires once 40 - b < b.
-    stop = AutoStop(signals=('ce',), warmup=2, beta=0.0)
+    stop = AutoStop(signals=('ce',), warmup=2, beta=0.0, horizon=1.0)
     for batch in range(1, 40):
         stop.observe(batch, teacher_ce=3.0, student_ce=5.0 - 0.05 * batch, grad_cos=0.5)
     assert stop.fired_at == 21 and stop.fired_by == 'ce-trend'
@@ -70,6 +70,10 @@ def test_auto_stop_fires_when_the_student_is_on_course_to_pass_within_the_horizo
     for batch in range(1, 40):
         later.observe(batch, teacher_ce=3.0, student_ce=5.0 - 0.05 * batch, grad_cos=0.5)
     assert later.fired_at == 27
+    waits = AutoStop(signals=('ce',), warmup=2, beta=0.0)  # the default, horizon 0: only once passed
+    for batch in range(1, 45):
+        waits.observe(batch, teacher_ce=3.0, student_ce=5.0 - 0.05 * batch, grad_cos=0.5)
+    assert waits.fired_at == 41 and waits.fired_by == 'ce'
 
 
 def test_auto_stop_conflict_signal_and_long_ramp() -> None:
