@@ -59,8 +59,8 @@ RECOMMENDATION = (
     'is far ahead of this CPU student, the teacher-ahead regime; there bench/README.md measured λ0 = 3 as the '
     "best of {0.01, 0.03, 0.1, 0.3, 1, 3} (1.8x fewer steps to the baseline's final loss, where λ0 = 0.1 "
     'was within noise of the baseline). With a teacher the student is about to pass, nothing measured ended '
-    'ahead of the baseline: λ0 = 3 with a fixed S_stop of 25% or more ended level with it, weak guidance and '
-    'early stops (stop: auto included) behind it.'
+    'ahead of the baseline: λ0 = 3 with a fixed S_stop of 25% or more, or stop: auto, ended level with it, '
+    'weak guidance and early stops behind it.'
 )
 NOTE = (
     "Note: on CPU this demo's student is SMALLER than its teacher (SmolLM2-135M by default), so that both runs "
@@ -330,16 +330,17 @@ def summarize(
 def read_regime(steps: list[dict[str, float]]) -> dict[str, Any]:
     """The regime the LET run was in, read from its own ``let/teacher_ce`` and ``let/student_ce``.
 
-    Uses ``stop: auto``'s rule (``composer_let.control.AutoStop``): a student that passed its teacher,
-    or was on course to within the steps trained so far, had a weak teacher; otherwise the teacher
-    was ahead. Returns the smoothed gap (student − teacher, nats) and its rate of closing at the end.
+    Uses ``stop: auto``'s rule (``composer_let.control.AutoStop``) with ``stop_horizon: 1``: a student
+    that passed its teacher, or was on course to within the steps trained so far, had a weak teacher;
+    otherwise the teacher was ahead. Returns the smoothed gap (student − teacher, nats) and its rate
+    of closing at the end.
     """
     from composer_let.control import AutoStop
 
     rows = [s for s in steps if 'teacher_ce' in s and math.isfinite(s['student_ce'])]
     if not rows:
         return {'regime': 'unknown (no let/teacher_ce logged: ce_tokens 0?)'}
-    rule = AutoStop()
+    rule = AutoStop(horizon=1.0)
     for row in rows:
         rule.observe(int(row['batch']), row['teacher_ce'], row['student_ce'], None)
     gap, slope = rule.gap_ema.mean, rule.slope_ema.mean  # type: ignore[union-attr]
@@ -375,9 +376,10 @@ def regime_lines(regime: dict[str, Any], plan: dict[str, Any]) -> list[str]:
     ]
     fired = regime['auto_stop_would_fire_at']
     lines.append(
-        f'`stop: auto` would have stopped the guidance at step {fired} (the student was on course to pass its teacher).'
+        f'By step {fired} the student was on course to pass its teacher (`stop: auto` with `stop_horizon: 1` '
+        'would have stopped the guidance there; the default waits for the crossing).'
         if fired is not None
-        else '`stop: auto` would not have fired: the teacher stayed well ahead (see README, "Does LET pay off?").'
+        else 'The student was not on course to pass its teacher, which stayed well ahead (README, "Does LET pay off?").'
     )
     lines.append(f'Settings: {RECOMMENDATION}')
     return lines
