@@ -25,6 +25,7 @@ Regimes (``--regime``):
     python bench/convergence.py --regime teacher-ahead --width 128 --lambda0s 1,3,10        # width study
     python bench/convergence.py --regime overtake --arms 'baseline;let:stop=auto' --plan    # list, no training
     python bench/convergence.py --smoke                                           # seconds (CI)
+    python bench/convergence.py --import-reported bench/reported/regimes/overtake.json  # reuse reported runs
 
 Only steps are reported from these runs: two processes share the 2 cores, so their wall-clock is not
 a measurement (bench/overhead.py measures time, in per-turn ratios). Losses do not depend on load.
@@ -384,6 +385,50 @@ def cached_run(arm: dict, seed: int, plan: dict, teacher: dict, path: Path) -> d
     return json.loads(path.read_text())
 
 
+def import_reported(report_file: Path, cache: Path, runs_dir: Path) -> int:
+    """Seed the run cache from a reported summary (``bench/reported/regimes/<name>.json``), so a study
+    can be extended on a machine that lacks the cached runs. The teacher must be cached here (trained by
+    its regime) and reproduce the reported teacher's eval curve to every digit, and the reported plan
+    must be the plan this code makes; otherwise ``SystemExit`` naming the key that differs. Runs already
+    cached are left as they are. Returns the number of runs written.
+    """
+    reported = json.loads(report_file.read_text())
+    old = reported['plan']
+    regime, target, steps = old['regime'], old['target'], old['run']['steps']
+    smoke = regime is None
+    default_target = SMOKE['target'] if smoke else TARGET
+    default_steps = SMOKE['run']['steps'] if smoke else REGIMES[regime]['steps']
+    plan = make_plan(
+        regime,
+        cache,
+        width=target['hidden'] if target['hidden'] != default_target['hidden'] else None,
+        target_steps=steps if steps != default_steps else None,
+        smoke=smoke,
+        cross_teacher=bool(old.get('cross_tokenizer')),
+        train_teacher=False,
+    )
+    teacher = plan['teacher']
+    for key in ('name', 'seq', 'batch', 'eval_batches', 'target', 'run'):
+        if plan[key] != old[key]:
+            raise SystemExit(
+                f"convergence: {report_file}: plan[{key!r}] {old[key]!r} is not this code's {plan[key]!r}."
+            )
+    for key in ('folder', 'eval_curve'):  # the same teacher: its cache key and its training, to every digit
+        if teacher[key] != old['teacher'][key]:
+            raise SystemExit(
+                f"convergence: {report_file}: teacher[{key!r}] differs from the cached teacher's; "
+                'the reported runs used another teacher, so they cannot stand for runs made here.'
+            )
+    written = 0
+    for run in reported['runs']:
+        path = run_path(runs_dir, run['arm'], run['seed'], plan, teacher)
+        if not path.exists():
+            write_json(path, {'plan': plan['name'], **run, 'imported_from': str(report_file)})
+            written += 1
+    print(f'convergence: {report_file}: {written} of {len(reported["runs"])} runs imported into {runs_dir}')
+    return written
+
+
 def claim(path: Path) -> bool:
     """Take the run at ``path`` for this invocation (False: another invocation holds it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -482,9 +527,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--plan', action='store_true', help='list the runs (cached or not) and stop')
     parser.add_argument('--tag', help='results folder name (default: the regime, -w<width>)')
     parser.add_argument('--results', type=Path, default=RESULTS, help='results root (default bench/results)')
+    parser.add_argument(
+        '--import-reported',
+        type=Path,
+        nargs='+',
+        metavar='JSON',
+        help='seed the run cache from reported summaries (bench/reported/regimes/*.json) and stop',
+    )
     args = parser.parse_args(argv)
 
     cache = args.results / 'cache'
+    if args.import_reported:
+        written = sum(import_reported(f, cache, args.results / 'runs') for f in args.import_reported)
+        return {'imported': written}
     started, machine = time.time(), machine_facts()
     plan = make_plan(args.regime, cache, args.width, args.target_steps, args.tag, args.smoke, args.cross_teacher)
     teacher = plan['teacher']

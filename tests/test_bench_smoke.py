@@ -143,3 +143,24 @@ def test_convergence_smoke(tmp_path: Path) -> None:
     assert (tmp_path / 'smoke' / 'convergence.png').stat().st_size > 10_000
     again = convergence.main(argv)  # everything cached: same numbers, no training
     assert again['runs'] == result['runs'] and again['teacher'] == result['teacher']
+
+    # A reported summary seeds another machine's run cache (same teacher and plan), and nothing else does.
+    fields = ('arm', 'seed', 'eval_curve', 'final_loss', 'series', 'params')
+    reported = {'plan': result['plan'], 'runs': [{k: r[k] for k in fields} for r in result['runs']]}
+    (tmp_path / 'reported.json').write_text(json.dumps(reported))
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    (elsewhere / 'cache').symlink_to(tmp_path / 'cache')
+    assert convergence.main(['--results', str(elsewhere), '--import-reported', str(tmp_path / 'reported.json')]) == {
+        'imported': 2
+    }
+    imported = convergence.main(['--smoke', '--seeds', '1', '--results', str(elsewhere)])
+    assert [{k: r[k] for k in fields} for r in imported['runs']] == reported['runs']
+    assert convergence.import_reported(tmp_path / 'reported.json', elsewhere / 'cache', elsewhere / 'runs') == 0
+    for key, change in (('teacher', {'eval_curve': []}), ('run', {'warmup': 1})):
+        tampered = json.loads(json.dumps(reported))
+        tampered['plan'][key].update(change)
+        (tmp_path / 'tampered.json').write_text(json.dumps(tampered))
+        with pytest.raises(SystemExit, match=key):
+            convergence.import_reported(tmp_path / 'tampered.json', tmp_path / 'cache', tmp_path / 'fresh-runs')
+        assert not (tmp_path / 'fresh-runs').exists()  # refused before anything is written
