@@ -157,7 +157,9 @@ def test_convergence_smoke(tmp_path: Path) -> None:
     imported = convergence.main(['--smoke', '--seeds', '1', '--results', str(elsewhere)])
     assert [{k: r[k] for k in fields} for r in imported['runs']] == reported['runs']
     assert convergence.import_reported(tmp_path / 'reported.json', elsewhere / 'cache', elsewhere / 'runs') == 0
-    for key, change in (('teacher', {'eval_curve': []}), ('run', {'warmup': 1})):
+    off = convergence.TEACHER_TOLERANCE * 2
+    curve = [{**p, 'loss': p['loss'] + off * (i == 0)} for i, p in enumerate(result['teacher']['eval_curve'])]
+    for key, change in (('teacher', {'eval_curve': curve}), ('teacher', {'eval_curve': []}), ('run', {'warmup': 1})):
         tampered = json.loads(json.dumps(reported))
         tampered['plan'][key].update(change)
         (tmp_path / 'tampered.json').write_text(json.dumps(tampered))
