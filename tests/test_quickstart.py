@@ -19,7 +19,7 @@ def test_smoke_run_writes_plot_table_and_records(
 ):
     monkeypatch.chdir(tmp_path)  # relative --work/--out, as README's command uses them
     out = tmp_path / 'out'
-    args = ['--smoke', '--teacher', str(assets['teacher']), '--work', 'work', '--out', 'out']
+    args = ['--smoke', '--teacher', str(assets['teacher']), '--work', 'work', '--out', 'out', '--seed', '5']
     if ICL.is_dir():  # also score both students on the first rows of every shared ICL task
         # 2 batches of 8 sequences hold all 4 rows of every task (a 4-choice row takes 4 sequences)
         args += ['--icl', str(icl_subset(tmp_path / 'icl', rows=4)), '--icl-batches', '2']
@@ -50,6 +50,7 @@ def test_smoke_run_writes_plot_table_and_records(
     assert '| baseline |' in table and '| let |' in table and 'while the teacher is active' in table
     assert (Path(summary['data']) / 'corpus.json').is_file()  # the stdlib corpus was built for this tokenizer
     assert 'load average' in table
+    assert summary['plan']['seed'] == 5 and 'seed 5.' in table  # --seed reached both runs' YAML
     # The regime is read from the LET run's own CE diagnostics, logged while the teacher is active.
     assert [s['batch'] for s in let['steps'] if 'teacher_ce' in s] == [1, 2, 3]
     assert summary['regime']['at_step'] == 3 and summary['regime']['teacher_ce'] == let['steps'][2]['teacher_ce']

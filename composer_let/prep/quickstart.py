@@ -87,6 +87,7 @@ class Plan:
     eval_batches: int = 8
     corpus_rows: int | None = None  # None: the whole standard library
     teacher_dtype: str = 'fp32'  # CPUs without native bf16 run the bf16 teacher ~4x slower than in fp32
+    seed: int = 17  # both runs: the same init and data order
 
     def overrides(self) -> list[str]:
         return [
@@ -104,6 +105,7 @@ class Plan:
             f'variables.eval_interval={self.eval_interval}ba',
             f'variables.eval_batches={self.eval_batches}',
             f'variables.teacher_dtype={self.teacher_dtype}',
+            f'variables.seed={self.seed}',
         ]
 
     def check(self) -> None:
@@ -396,7 +398,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f'Student: {summary["student_parameters"] / 1e6:.1f}M parameters (Llama-style, {plan["layers"]} blocks x '
         f'{plan["hidden"]}), teacher: {"?" if teacher is None else f"{teacher / 1e6:.0f}M"}; {plan["steps"]} steps '
         f'of {plan["batch"]} x {plan["max_seq_len"]} tokens; LET L2E, λ0 = {plan["lambda0"]:g}, '
-        f'S_stop = {plan["stop"]} steps.',
+        f'S_stop = {plan["stop"]} steps; seed {plan["seed"]}.',
         '',
         *regime_lines(summary['regime'], plan),
         '',
@@ -507,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--steps', type=int, help=f'training steps per run (default {FULL.steps})')
     parser.add_argument('--stop', type=int, help=f'S_stop in steps (default {FULL.stop})')
     parser.add_argument('--lambda0', type=float, help=f'LET strength λ0 (default {FULL.lambda0})')
+    parser.add_argument('--seed', type=int, help=f'seed of both runs (default {FULL.seed}): rerun to see seed noise')
     parser.add_argument('--icl', type=Path, help='folder of llm-foundry ICL task files: also score both students')
     parser.add_argument('--icl-batches', type=int, default=4, help='batches per ICL task (default 4)')
     parser.add_argument('--smoke', action='store_true', help='tiny sizes and a few steps (seconds; for tests)')
@@ -517,7 +520,11 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f'--icl {args.icl}: no such folder of ICL task files.')
     plan = SMOKE if args.smoke else FULL
     plan = replace(
-        plan, steps=args.steps or plan.steps, stop=args.stop or plan.stop, lambda0=args.lambda0 or plan.lambda0
+        plan,
+        steps=args.steps or plan.steps,
+        stop=args.stop or plan.stop,
+        lambda0=args.lambda0 or plan.lambda0,
+        seed=plan.seed if args.seed is None else args.seed,
     )
     plan.check()
     out = Path(args.out)
