@@ -46,12 +46,15 @@ case "${1:-}" in
         run --regime teacher-ahead "${width[@]}" --seeds "$seed" --lambda0s 1,3,10 \
           --arms 'baseline;let:strength=relative,grad_ratio=1;let:strength=relative,grad_ratio=3;let:strength=relative,grad_ratio=10'
       done
-    done ;;
+    done
+    run --regime teacher-ahead --width 128 --seeds 1,2 --arms 'baseline;let:lambda0=30' ;;  # does 128's optimum lie above 10?
+  import)  # a new machine: after the teachers are trained (any phase of their regime, or --plan), put the reported runs back
+    "$py" bench/convergence.py --import-reported bench/reported/regimes/{teacher-ahead,teacher-ahead-w32,teacher-ahead-w128,overtake,weak-teacher}.json ;;
   horizon)  # issue 11 acceptance 1: stop: auto firing only once the student has passed its teacher (stop_horizon 0),
     # in weak-teacher at the default and the best λ0; then where the replay says it never fires (= the 0.5dur arms)
     run --regime weak-teacher --seeds 1,2,3 \
       --arms "baseline;let:stop=auto,stop_horizon=0;let:lambda0=$best,stop=auto,stop_horizon=0"
     run --regime teacher-ahead --seeds 1,2 --arms "baseline;let:lambda0=$best,stop=auto,stop_horizon=0"
     run --regime overtake --seeds 3,1 --arms "baseline;let:lambda0=$best,stop=auto,stop_horizon=0" ;;
-  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|sweep-weak|cross|overtake|sweep-overtake|width|horizon" >&2; exit 2 ;;
+  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|sweep-weak|cross|overtake|sweep-overtake|width|horizon|import" >&2; exit 2 ;;
 esac

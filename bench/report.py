@@ -40,7 +40,7 @@ EXPERIMENTS: dict[str, tuple[str, int | None, bool]] = {
     'teacher-ahead-w128': ('teacher-ahead', 128, False),
     'teacher-ahead-cross-tokenizer': ('teacher-ahead', None, True),
 }
-LAMBDA0S = ('0.01', '0.03', '0.1', '0.3', '1', '3', '10')
+LAMBDA0S = ('0.01', '0.03', '0.1', '0.3', '1', '3', '10', '30')
 GRAD_RATIOS = ('0.1', '0.3', '1', '3', '10')  # strength: relative
 WIDTHS = {'teacher-ahead-w32': 32, 'teacher-ahead': 64, 'teacher-ahead-w128': 128}  # the width study (issue 10 §3)
 
