@@ -409,12 +409,11 @@ def import_reported(report_file: Path, cache: Path, runs_dir: Path) -> int:
     regime, target, steps = old['regime'], old['target'], old['run']['steps']
     smoke = regime is None
     default_target = SMOKE['target'] if smoke else TARGET
-    default_steps = SMOKE['run']['steps'] if smoke else REGIMES[regime]['steps']
     plan = make_plan(
         regime,
         cache,
-        width=target['hidden'] if target['hidden'] != default_target['hidden'] else None,
-        target_steps=steps if steps != default_steps else None,
+        width=target['hidden'] if target['hidden'] != default_target['hidden'] else None,  # a width renames it
+        target_steps=steps,
         smoke=smoke,
         cross_teacher=bool(old.get('cross_tokenizer')),
         train_teacher=False,

@@ -50,7 +50,7 @@ def test_smoke_run_writes_plot_table_and_records(
     assert '| baseline |' in table and '| let |' in table and 'while the teacher is active' in table
     assert (Path(summary['data']) / 'corpus.json').is_file()  # the stdlib corpus was built for this tokenizer
     assert 'load average' in table
-    assert summary['plan']['seed'] == 5 and 'seed 5.' in table  # --seed reached both runs' YAML
+    assert summary['plan']['seed'] == 5 and 'seed 5.' in table  # --seed set both runs' plan
     # The regime is read from the LET run's own CE diagnostics, logged while the teacher is active.
     assert [s['batch'] for s in let['steps'] if 'teacher_ce' in s] == [1, 2, 3]
     assert summary['regime']['at_step'] == 3 and summary['regime']['teacher_ce'] == let['steps'][2]['teacher_ce']
