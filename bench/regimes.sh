@@ -48,6 +48,20 @@ case "${1:-}" in
       done
     done
     run --regime teacher-ahead --width 128 --seeds 1,2 --arms 'baseline;let:lambda0=30' ;;  # does 128's optimum lie above 10?
+  width-overtake)  # issue 10 §3 in the regime it names: ~8 h of runs (width 128 ~5 h), so run it in chunks (runs are cached);
+    # width 64's λ0 1 and 3 and baseline have run (phases overtake, sweep-overtake), and λ0 10 (2026-12-02)
+    for seed in 1 2; do
+      for w in 64 32 128; do
+        width=(); [ "$w" = 64 ] || width=(--width "$w")
+        run --regime overtake "${width[@]}" --seeds "$seed" --lambda0s 1,3,10 \
+          --arms 'baseline;let:strength=relative,grad_ratio=1;let:strength=relative,grad_ratio=3;let:strength=relative,grad_ratio=10'
+      done
+    done ;;
+  more-seeds)  # 2026-12-02: a third seed where an arm issue 10/11 counts on had two; seeds 4-5 for weak-teacher's λ0 = 0.1 gap
+    run --regime overtake --seeds 3 --arms 'baseline;let'
+    run --regime overtake --seeds 2 --arms "baseline;let:lambda0=$best,stop=auto,stop_horizon=0"
+    run --regime teacher-ahead --seeds 3 --arms "baseline;let:lambda0=$best,stop=auto,stop_horizon=0"
+    run --regime weak-teacher --seeds 4,5 --arms 'baseline;let;let:stop=auto,stop_horizon=0' ;;
   import)  # a new machine: after the teachers are trained (any phase of their regime, or --plan), put the reported runs back
     "$py" bench/convergence.py --import-reported bench/reported/regimes/{teacher-ahead,teacher-ahead-w32,teacher-ahead-w128,overtake,weak-teacher}.json ;;
   horizon)  # issue 11 acceptance 1: stop: auto firing only once the student has passed its teacher (stop_horizon 0),
@@ -56,5 +70,5 @@ case "${1:-}" in
       --arms "baseline;let:stop=auto,stop_horizon=0;let:lambda0=$best,stop=auto,stop_horizon=0"
     run --regime teacher-ahead --seeds 1,2 --arms "baseline;let:lambda0=$best,stop=auto,stop_horizon=0"
     run --regime overtake --seeds 3,1 --arms "baseline;let:lambda0=$best,stop=auto,stop_horizon=0" ;;
-  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|sweep-weak|cross|overtake|sweep-overtake|width|horizon|import" >&2; exit 2 ;;
+  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|sweep-weak|cross|overtake|sweep-overtake|width|width-overtake|horizon|more-seeds|import" >&2; exit 2 ;;
 esac

@@ -39,6 +39,8 @@ EXPERIMENTS: dict[str, tuple[str, int | None, bool]] = {
     'teacher-ahead-w32': ('teacher-ahead', 32, False),
     'teacher-ahead-w128': ('teacher-ahead', 128, False),
     'teacher-ahead-cross-tokenizer': ('teacher-ahead', None, True),
+    'overtake-w32': ('overtake', 32, False),  # the width study in overtake: bench/regimes.sh width-overtake
+    'overtake-w128': ('overtake', 128, False),
 }
 LAMBDA0S = ('0.01', '0.03', '0.1', '0.3', '1', '3', '10', '30')
 GRAD_RATIOS = ('0.1', '0.3', '1', '3', '10')  # strength: relative
