@@ -9,6 +9,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 py="${PY:-python}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 run() { "$py" bench/convergence.py --jobs 2 "$@"; }
+width_sweep() {  # <regime> <width>...: λ0 1, 3, 10 and relative grad_ratio 1, 3, 10 at each width, seeds 1-2 (64 is the default width)
+  local regime=$1 seed w width
+  shift
+  for seed in 1 2; do
+    for w in "$@"; do
+      width=(); [ "$w" = 64 ] || width=(--width "$w")
+      run --regime "$regime" "${width[@]}" --seeds "$seed" --lambda0s 1,3,10 \
+        --arms 'baseline;let:strength=relative,grad_ratio=1;let:strength=relative,grad_ratio=3;let:strength=relative,grad_ratio=10'
+    done
+  done
+}
 best="${BEST_LAMBDA0:-3}"  # teacher-ahead's best λ0 measured by phase sweep-ahead
 
 case "${1:-}" in
@@ -37,26 +48,14 @@ case "${1:-}" in
     run --regime overtake --seeds 1,2,3 --arms "baseline;let:lambda0=$best;let:lambda0=$best,stop=auto,stop_horizon=1"
     run --regime overtake --seeds 1,2 --arms "baseline;let:lambda0=$best,stop=0.5dur"
     run --regime overtake --seeds 1,2 --arms "baseline;let" ;;  # the paper's setting, for reference
-  width)  # issue 10 §3 / issue 11 acceptance 3, in teacher-ahead (overtake's 1800-step runs: 10 h or more):
+  width)  # issue 10 §3 / issue 11 acceptance 3, in teacher-ahead (in overtake: ~8 h of runs, phase width-overtake):
     # what one λ0 means per width, then the absolute λ0 and relative grad_ratio sweeps at target widths 32, 64, 128
     "$py" bench/pull_per_lambda.py --widths 32,64,128,192,512,1024,2048 --out bench/reported/regimes/pull-per-lambda.json
-    for seed in 1 2; do
-      for w in 32 64 128; do
-        width=(); [ "$w" = 64 ] || width=(--width "$w")
-        run --regime teacher-ahead "${width[@]}" --seeds "$seed" --lambda0s 1,3,10 \
-          --arms 'baseline;let:strength=relative,grad_ratio=1;let:strength=relative,grad_ratio=3;let:strength=relative,grad_ratio=10'
-      done
-    done
+    width_sweep teacher-ahead 32 64 128
     run --regime teacher-ahead --width 128 --seeds 1,2 --arms 'baseline;let:lambda0=30' ;;  # does 128's optimum lie above 10?
   width-overtake)  # issue 10 §3 in the regime it names: ~8 h of runs (width 128 ~5 h), so run it in chunks (runs are cached);
     # width 64's λ0 1 and 3 and baseline have run (phases overtake, sweep-overtake), and λ0 10 (2026-12-02)
-    for seed in 1 2; do
-      for w in 64 32 128; do
-        width=(); [ "$w" = 64 ] || width=(--width "$w")
-        run --regime overtake "${width[@]}" --seeds "$seed" --lambda0s 1,3,10 \
-          --arms 'baseline;let:strength=relative,grad_ratio=1;let:strength=relative,grad_ratio=3;let:strength=relative,grad_ratio=10'
-      done
-    done ;;
+    width_sweep overtake 64 32 128 ;;
   more-seeds)  # 2026-12-02: a third seed where an arm issue 10/11 counts on had two; seeds 4-5 for weak-teacher's λ0 = 0.1 gap
     run --regime overtake --seeds 3 --arms 'baseline;let'
     run --regime overtake --seeds 2 --arms "baseline;let:lambda0=$best,stop=auto,stop_horizon=0"
