@@ -7,8 +7,9 @@ teachers must already be cached) and writes, for each experiment that has runs:
   whether the gap to the baseline is within seed noise, where each seed passes the teacher, LET's
   diagnostics averaged over the active phase) plus every run's eval curve;
 * ``<out>/<name>.png``: eval loss vs step, whole run and second half;
-* ``<out>/lambda0-sweeps.png`` (speedup vs λ0 per regime) and ``<out>/width-{lambda0,grad-ratio}.png``
-  (speedup vs λ0 and vs relative strength per target width, when two widths have run);
+* ``<out>/lambda0-sweeps.png`` (speedup vs λ0 per regime) and, per width study, ``<out>/width-{lambda0,grad-ratio}.png``
+  (teacher-ahead) or ``<out>/overtake-width-{lambda0,grad-ratio}.png`` (speedup vs λ0 and vs relative strength per
+  target width, when two widths have run);
 * a markdown report on stdout (``--markdown FILE`` also writes it).
 
     python bench/report.py                         # into bench/results/report/
@@ -44,7 +45,11 @@ EXPERIMENTS: dict[str, tuple[str, int | None, bool]] = {
 }
 LAMBDA0S = ('0.01', '0.03', '0.1', '0.3', '1', '3', '10', '30')
 GRAD_RATIOS = ('0.1', '0.3', '1', '3', '10')  # strength: relative
-WIDTHS = {'teacher-ahead-w32': 32, 'teacher-ahead': 64, 'teacher-ahead-w128': 128}  # the width study (issue 10 §3)
+# the width studies (issue 10 §3): regime -> (its experiments by target width, the prefix of its figures)
+WIDTH_STUDIES: dict[str, tuple[dict[str, int], str]] = {
+    'teacher-ahead': ({'teacher-ahead-w32': 32, 'teacher-ahead': 64, 'teacher-ahead-w128': 128}, 'width'),
+    'overtake': ({'overtake-w32': 32, 'overtake': 64, 'overtake-w128': 128}, 'overtake-width'),
+}
 
 
 def all_arms(runs_dir: Path) -> list[dict[str, Any]]:
@@ -204,8 +209,8 @@ def sweep_panels(results: dict[str, dict[str, Any]], names: list[str], sweep: st
     return panels
 
 
-def width_table(results: dict[str, dict[str, Any]]) -> str:
-    """The width study in one table: what one λ0 means at each width, and the best point of each sweep."""
+def width_table(results: dict[str, dict[str, Any]], regime: str) -> str:
+    """A width study in one table: what one λ0 means at each width, and the best point of each sweep."""
 
     def best(result: dict[str, Any], key: str) -> str:
         arm = result[key]
@@ -216,13 +221,13 @@ def width_table(results: dict[str, dict[str, Any]]) -> str:
         return f'`{arm}` {speed.get("mean", math.nan):.2f}x (grad_ratio {ratio if ratio is None else f"{ratio:.3g}"})'
 
     lines = [
-        '### width study (teacher-ahead)',
+        f'### width study ({regime})',
         '',
         '| width | target non-embedding | grad_ratio per unit λ, batch 1 | best absolute λ0 '
         '| best relative grad_ratio |',
         '| --- | --- | --- | --- | --- |',
     ]
-    for name, width in WIDTHS.items():
+    for name, width in WIDTH_STUDIES[regime][0].items():
         if result := results.get(name):
             per_lambda = result['grad_ratio_per_lambda_batch_1']
             lines.append(
@@ -248,19 +253,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[name] = result
         write_json(out / f'{name}.json', result)
         plot_curves(result, out / f'{name}.png')
-    widths = list(WIDTHS)
-    for names, sweep, png, needed in (
-        (['teacher-ahead', 'overtake', 'weak-teacher'], 'lambda0', 'lambda0-sweeps.png', 1),
-        (widths, 'lambda0', 'width-lambda0.png', 2),
-        (widths, 'grad_ratio', 'width-grad-ratio.png', 2),
-    ):
+    figures = [(['teacher-ahead', 'overtake', 'weak-teacher'], 'lambda0', 'lambda0-sweeps.png', 1)]
+    for widths, prefix in WIDTH_STUDIES.values():
+        figures += [
+            (list(widths), 'lambda0', f'{prefix}-lambda0.png', 2),
+            (list(widths), 'grad_ratio', f'{prefix}-grad-ratio.png', 2),
+        ]
+    for names, sweep, png, needed in figures:
         panels = sweep_panels(results, names, sweep)
         if len(panels) >= needed:  # no figure for a study that has not run (a width study needs 2 widths)
             xlabel = 'λ0' if sweep == 'lambda0' else 'grad_ratio (strength: relative)'
             plot_lambda_sweeps(panels, out / png, xlabel=xlabel)
     text = '\n'.join(markdown(r) for r in results.values())
-    if sum(name in results for name in widths) >= 2:
-        text += '\n' + width_table(results)
+    for regime, (widths, _) in WIDTH_STUDIES.items():
+        if sum(name in results for name in widths) >= 2:
+            text += '\n' + width_table(results, regime)
     if args.markdown:
         args.markdown.write_text(text)
     print(text)
