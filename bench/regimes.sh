@@ -10,14 +10,12 @@ py="${PY:-python}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 run() { "$py" bench/convergence.py --jobs 2 "$@"; }
 width_sweep() {  # <regime> <width>...: λ0 1, 3, 10 and relative grad_ratio 1, 3, 10 at each width, seeds 1-2 (64 is the default width)
-  local regime=$1 seed w width
+  local regime=$1 w width
   shift
-  for seed in 1 2; do
-    for w in "$@"; do
-      width=(); [ "$w" = 64 ] || width=(--width "$w")
-      run --regime "$regime" "${width[@]}" --seeds "$seed" --lambda0s 1,3,10 \
-        --arms 'baseline;let:strength=relative,grad_ratio=1;let:strength=relative,grad_ratio=3;let:strength=relative,grad_ratio=10'
-    done
+  for w in "$@"; do  # both seeds in one call: its 14 runs keep both processes busy
+    width=(); [ "$w" = 64 ] || width=(--width "$w")
+    run --regime "$regime" "${width[@]}" --seeds 1,2 --lambda0s 1,3,10 \
+      --arms 'baseline;let:strength=relative,grad_ratio=1;let:strength=relative,grad_ratio=3;let:strength=relative,grad_ratio=10'
   done
 }
 best="${BEST_LAMBDA0:-3}"  # teacher-ahead's best λ0 measured by phase sweep-ahead
@@ -54,7 +52,7 @@ case "${1:-}" in
     width_sweep teacher-ahead 32 64 128
     run --regime teacher-ahead --width 128 --seeds 1,2 --arms 'baseline;let:lambda0=30' ;;  # does 128's optimum lie above 10?
   width-overtake)  # issue 10 §3 in the regime it names: ~8 h of runs (width 128 ~5 h), so run it in chunks (runs are cached);
-    # width 64's λ0 1 and 3 and baseline have run (phases overtake, sweep-overtake), and λ0 10 (2026-12-02)
+    # widths 64 and 32 have run (2026-12-02; width 64's baseline, λ0 1 and 3 in phases overtake, sweep-overtake); 128 has not
     width_sweep overtake 64 32 128 ;;
   more-seeds)  # 2026-12-02: a third seed where an arm issue 10/11 counts on had two; seeds 4-5 for weak-teacher's λ0 = 0.1 gap
     run --regime overtake --seeds 3 --arms 'baseline;let'
@@ -62,7 +60,7 @@ case "${1:-}" in
     run --regime teacher-ahead --seeds 3 --arms "baseline;let:lambda0=$best,stop=auto,stop_horizon=0"
     run --regime weak-teacher --seeds 4,5 --arms 'baseline;let;let:stop=auto,stop_horizon=0' ;;
   import)  # a new machine: after the teachers are trained (any phase of their regime, or --plan), put the reported runs back
-    "$py" bench/convergence.py --import-reported bench/reported/regimes/{teacher-ahead,teacher-ahead-w32,teacher-ahead-w128,overtake,weak-teacher}.json ;;
+    "$py" bench/convergence.py --import-reported bench/reported/regimes/{teacher-ahead,teacher-ahead-w32,teacher-ahead-w128,overtake,overtake-w32,weak-teacher}.json ;;
   horizon)  # issue 11 acceptance 1: stop: auto firing only once the student has passed its teacher (stop_horizon 0),
     # in weak-teacher at the default and the best λ0; then where the replay says it never fires (= the 0.5dur arms)
     run --regime weak-teacher --seeds 1,2,3 \
