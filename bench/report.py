@@ -7,9 +7,8 @@ teachers must already be cached) and writes, for each experiment that has runs:
   whether the gap to the baseline is within seed noise, where each seed passes the teacher, LET's
   diagnostics averaged over the active phase) plus every run's eval curve;
 * ``<out>/<name>.png``: eval loss vs step, whole run and second half;
-* ``<out>/lambda0-sweeps.png`` (speedup vs λ0 per regime) and, per width study, ``<out>/width-{lambda0,grad-ratio}.png``
-  (teacher-ahead) or ``<out>/overtake-width-{lambda0,grad-ratio}.png`` (speedup vs λ0 and vs relative strength per
-  target width, when two widths have run);
+* ``<out>/lambda0-sweeps.png`` (speedup vs λ0 per regime) and ``<out>/<regime>-width-{lambda0,grad-ratio}.png``
+  (speedup vs λ0 and vs relative strength per target width, for each regime where two widths have run);
 * a markdown report on stdout (``--markdown FILE`` also writes it).
 
     python bench/report.py                         # into bench/results/report/
@@ -29,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from analysis import best_arm, pull_per_lambda, series_mean, summarise
 from common import RESULTS, write_json
-from convergence import LET_DEFAULTS, make_plan, run_path
+from convergence import LET_DEFAULTS, TARGET, make_plan, run_path
 from plots import plot_curves, plot_lambda_sweeps
 
 # name: (regime, width, cross_teacher)
@@ -45,11 +44,12 @@ EXPERIMENTS: dict[str, tuple[str, int | None, bool]] = {
 }
 LAMBDA0S = ('0.01', '0.03', '0.1', '0.3', '1', '3', '10', '30')
 GRAD_RATIOS = ('0.1', '0.3', '1', '3', '10')  # strength: relative
-# the width studies (issue 10 §3): regime -> (its experiments by target width, the prefix of its figures)
-WIDTH_STUDIES: dict[str, tuple[dict[str, int], str]] = {
-    'teacher-ahead': ({'teacher-ahead-w32': 32, 'teacher-ahead': 64, 'teacher-ahead-w128': 128}, 'width'),
-    'overtake': ({'overtake-w32': 32, 'overtake': 64, 'overtake-w128': 128}, 'overtake-width'),
-}
+
+
+def width_study(regime: str) -> dict[str, int]:
+    """The experiments of ``regime``'s width study (issue 10 §3) by target width: its same-tokenizer ones."""
+    study = {name: w or TARGET['hidden'] for name, (r, w, cross) in EXPERIMENTS.items() if r == regime and not cross}
+    return dict(sorted(study.items(), key=lambda item: item[1]))
 
 
 def all_arms(runs_dir: Path) -> list[dict[str, Any]]:
@@ -227,7 +227,7 @@ def width_table(results: dict[str, dict[str, Any]], regime: str) -> str:
         '| best relative grad_ratio |',
         '| --- | --- | --- | --- | --- |',
     ]
-    for name, width in WIDTH_STUDIES[regime][0].items():
+    for name, width in width_study(regime).items():
         if result := results.get(name):
             per_lambda = result['grad_ratio_per_lambda_batch_1']
             lines.append(
@@ -254,10 +254,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_json(out / f'{name}.json', result)
         plot_curves(result, out / f'{name}.png')
     figures = [(['teacher-ahead', 'overtake', 'weak-teacher'], 'lambda0', 'lambda0-sweeps.png', 1)]
-    for widths, prefix in WIDTH_STUDIES.values():
+    regimes = list(dict.fromkeys(regime for regime, _, _ in EXPERIMENTS.values()))
+    for regime in regimes:
+        widths = list(width_study(regime))
         figures += [
-            (list(widths), 'lambda0', f'{prefix}-lambda0.png', 2),
-            (list(widths), 'grad_ratio', f'{prefix}-grad-ratio.png', 2),
+            (widths, 'lambda0', f'{regime}-width-lambda0.png', 2),
+            (widths, 'grad_ratio', f'{regime}-width-grad-ratio.png', 2),
         ]
     for names, sweep, png, needed in figures:
         panels = sweep_panels(results, names, sweep)
@@ -265,8 +267,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             xlabel = 'λ0' if sweep == 'lambda0' else 'grad_ratio (strength: relative)'
             plot_lambda_sweeps(panels, out / png, xlabel=xlabel)
     text = '\n'.join(markdown(r) for r in results.values())
-    for regime, (widths, _) in WIDTH_STUDIES.items():
-        if sum(name in results for name in widths) >= 2:
+    for regime in regimes:
+        if sum(name in results for name in width_study(regime)) >= 2:
             text += '\n' + width_table(results, regime)
     if args.markdown:
         args.markdown.write_text(text)
