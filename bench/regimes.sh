@@ -51,8 +51,9 @@ case "${1:-}" in
     "$py" bench/pull_per_lambda.py --widths 32,64,128,192,512,1024,2048 --out bench/reported/regimes/pull-per-lambda.json
     width_sweep teacher-ahead 32 64 128
     run --regime teacher-ahead --width 128 --seeds 1,2 --arms 'baseline;let:lambda0=30' ;;  # does 128's optimum lie above 10?
-  width-overtake)  # issue 10 §3 in the regime it names: ~8 h of runs (width 128 ~5 h), so run it in chunks (runs are cached);
-    # widths 64 and 32 have run (2026-12-02; width 64's baseline, λ0 1 and 3 in phases overtake, sweep-overtake); 128 has not
+  width-overtake)  # issue 10 §3 in the regime it names: ~7 h of runs (width 128 ~3 h), so run it in chunks (runs are cached);
+    # 2026-12-02: widths 64 and 32 whole (width 64's baseline, λ0 1 and 3 in phases overtake, sweep-overtake), width 128
+    # all but seed 2 of λ0 = 1 and grad_ratio 1
     width_sweep overtake 64 32 128 ;;
   more-seeds)  # 2026-12-02: a third seed where an arm issue 10/11 counts on had two; seeds 4-5 for weak-teacher's λ0 = 0.1 gap
     run --regime overtake --seeds 3 --arms 'baseline;let'
@@ -60,7 +61,7 @@ case "${1:-}" in
     run --regime teacher-ahead --seeds 3 --arms "baseline;let:lambda0=$best,stop=auto,stop_horizon=0"
     run --regime weak-teacher --seeds 4,5 --arms 'baseline;let;let:stop=auto,stop_horizon=0' ;;
   import)  # a new machine: after the teachers are trained (any phase of their regime, or --plan), put the reported runs back
-    "$py" bench/convergence.py --import-reported bench/reported/regimes/{teacher-ahead,teacher-ahead-w32,teacher-ahead-w128,overtake,overtake-w32,weak-teacher}.json ;;
+    "$py" bench/convergence.py --import-reported bench/reported/regimes/{teacher-ahead,teacher-ahead-w32,teacher-ahead-w128,overtake,overtake-w32,overtake-w128,weak-teacher}.json ;;
   horizon)  # issue 11 acceptance 1: stop: auto firing only once the student has passed its teacher (stop_horizon 0),
     # in weak-teacher at the default and the best λ0; then where the replay says it never fires (= the 0.5dur arms)
     run --regime weak-teacher --seeds 1,2,3 \
