@@ -52,8 +52,7 @@ case "${1:-}" in
     width_sweep teacher-ahead 32 64 128
     run --regime teacher-ahead --width 128 --seeds 1,2 --arms 'baseline;let:lambda0=30' ;;  # does 128's optimum lie above 10?
   width-overtake)  # issue 10 §3 in the regime it names: ~7 h of runs (width 128 ~3 h), so run it in chunks (runs are cached);
-    # 2026-12-02: widths 64 and 32 whole (width 64's baseline, λ0 1 and 3 in phases overtake, sweep-overtake), width 128
-    # all but seed 2 of λ0 = 1 and grad_ratio 1
+    # 2026-12-02: all three widths, 2 seeds of every arm (width 64's baseline, λ0 1 and 3 in phases overtake, sweep-overtake)
     width_sweep overtake 64 32 128 ;;
   more-seeds)  # 2026-12-02: a third seed where an arm issue 10/11 counts on had two; seeds 4-5 for weak-teacher's λ0 = 0.1 gap
     run --regime overtake --seeds 3 --arms 'baseline;let'
