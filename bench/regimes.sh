@@ -67,5 +67,8 @@ case "${1:-}" in
       --arms "baseline;let:stop=auto,stop_horizon=0;let:lambda0=$best,stop=auto,stop_horizon=0"
     run --regime teacher-ahead --seeds 1,2 --arms "baseline;let:lambda0=$best,stop=auto,stop_horizon=0"
     run --regime overtake --seeds 3,1 --arms "baseline;let:lambda0=$best,stop=auto,stop_horizon=0" ;;
-  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|sweep-weak|cross|overtake|sweep-overtake|width|width-overtake|horizon|more-seeds|import" >&2; exit 2 ;;
+  placebo)  # issue 11 acceptance 1: how far a negligible alignment (λ0 = 0.001) moves weak-teacher's final loss per seed,
+    # the noise floor of a paired gap there; and λ0 = 0.01 to 5 seeds (2026-12-02)
+    run --regime weak-teacher --seeds 1,2,3,4,5 --arms 'baseline;let:lambda0=0.001;let:lambda0=0.01' ;;
+  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|sweep-weak|cross|overtake|sweep-overtake|width|width-overtake|horizon|more-seeds|placebo|import" >&2; exit 2 ;;
 esac
