@@ -386,10 +386,12 @@ class LET(Algorithm):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.autostop is not None and 'auto_stop' in state:
-            self.autostop = AutoStop.from_state_dict(state['auto_stop'])
-        if self.relative is not None and 'relative_strength' in state:
-            self.relative = RelativeStrength.from_state_dict(state['relative_strength'])
+        """Restore the controllers' running state; their settings stay the YAML's (a difference is logged)."""
+        for key, controller in (('auto_stop', self.autostop), ('relative_strength', self.relative)):
+            if controller is not None and key in state:
+                changed = ', '.join(controller.load_state_dict(state[key]))
+                if changed:
+                    log.warning("LET: resumed %s with this run's settings, not the checkpoint's: %s.", key, changed)
 
     # Steps ---------------------------------------------------------------------------
 

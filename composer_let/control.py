@@ -2,7 +2,8 @@
 
 Pure Python state machines, fed once per batch with the batch's whole-batch diagnostics (already
 summed over microbatches and ranks, so every rank feeds the same numbers), and saved in
-checkpoints through ``state_dict`` so that resumption is exact::
+checkpoints through ``state_dict`` so that resumption is exact (``load_state_dict`` restores the
+running state only: the settings are the resumed run's own)::
 
     strength = RelativeStrength()                 # λ such that ‖λ·∇L_align‖ ≈ target · ‖∇L_rest‖
     lam = strength.weight(target=0.1)             # None until one batch has been measured
@@ -17,7 +18,7 @@ checkpoints through ``state_dict`` so that resumption is exact::
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
@@ -38,45 +39,73 @@ class Ema:
         return self.value / self.weight if self.weight > 0 else None
 
 
-def _ema_from(d: dict[str, Any]) -> Ema:
-    return Ema(**{f.name: d[f.name] for f in fields(Ema)})
-
-
 @dataclass
 class RelativeStrength:
     """Sets λ each batch so that the alignment's gradient at the hooked block is a chosen share of the rest's.
 
     ``observe`` takes the batch's ``‖∇_h L_rest‖``, ``‖λ·∇_h L_align‖`` and the λ that produced
-    it; the alignment's gradient per unit of λ is ``align_norm / λ``. ``weight(target)`` returns
-    ``target · EMA(‖∇L_rest‖) / EMA(‖∇L_align‖ per unit λ)``: the λ that would have given
-    ``let/grad_ratio == target`` on the recent batches.
+    it; the alignment's pull per unit of λ is ``p = align_norm / (λ · rest_norm)``. ``weight(target)``
+    returns ``target / p̂``, the λ that would give ``let/grad_ratio == target`` on the next batch:
+
+    * feed-forward: ``p̂₀ = EMA(‖∇L_align‖ per unit λ) / EMA(‖∇L_rest‖)`` (short memory, ``beta``):
+      early in training both norms fall by 2x within ~5 batches, and this follows them;
+    * feedback: ``p̂ = p̂₀ · exp(EMA(log p − log p̂₀))`` (``bias_beta``). A ratio of means is not
+      the mean of a ratio and lags a falling norm, so at small batch the feed-forward alone
+      overshot its target by ~1.4x on (geometric) average; the log-residual EMA removes that bias,
+      so the achieved ratio's geometric mean tracks the target.
     """
 
     beta: float = 0.5  # short memory: early in training the norms fall by 2x within ~5 batches
+    bias_beta: float = 0.8
     rest: Ema | None = None
     unit_align: Ema | None = None
+    log_bias: Ema | None = None
 
     def __post_init__(self) -> None:
         self.rest = self.rest or Ema(self.beta)
         self.unit_align = self.unit_align or Ema(self.beta)
+        self.log_bias = self.log_bias or Ema(self.bias_beta)
+
+    def _feed_forward(self) -> float | None:
+        """``p̂₀``: the pull per unit of λ relative to the rest, from the averaged norms."""
+        rest, unit = self.rest.mean, self.unit_align.mean  # type: ignore[union-attr]
+        if rest is None or unit is None or rest <= 0 or unit <= 0:
+            return None
+        return unit / rest
 
     def observe(self, rest_norm: float, align_norm: float, weight_used: float) -> None:
-        if weight_used > 0 and math.isfinite(rest_norm) and math.isfinite(align_norm) and align_norm > 0:
-            self.rest.update(rest_norm)  # type: ignore[union-attr]
-            self.unit_align.update(align_norm / weight_used)  # type: ignore[union-attr]
+        if not (weight_used > 0 and math.isfinite(rest_norm) and math.isfinite(align_norm)):
+            return
+        if rest_norm <= 0 or align_norm <= 0:
+            return
+        predicted = self._feed_forward()
+        if predicted is not None:  # how far off the feed-forward was on this batch (in log space)
+            self.log_bias.update(math.log(align_norm / (weight_used * rest_norm)) - math.log(predicted))  # type: ignore[union-attr]
+        self.rest.update(rest_norm)  # type: ignore[union-attr]
+        self.unit_align.update(align_norm / weight_used)  # type: ignore[union-attr]
 
     def weight(self, target: float) -> float | None:
-        rest, unit = self.rest.mean, self.unit_align.mean  # type: ignore[union-attr]
-        if rest is None or unit is None or unit <= 0:
+        pull = self._feed_forward()
+        if pull is None:
             return None
-        return target * rest / unit
+        bias = self.log_bias.mean  # type: ignore[union-attr]
+        return target / (pull * math.exp(bias or 0.0))
 
     def state_dict(self) -> dict[str, Any]:
-        return {'beta': self.beta, 'rest': asdict(self.rest), 'unit_align': asdict(self.unit_align)}  # type: ignore[arg-type]
+        return asdict(self)
 
-    @classmethod
-    def from_state_dict(cls, d: dict[str, Any]) -> RelativeStrength:
-        return cls(beta=d['beta'], rest=_ema_from(d['rest']), unit_align=_ema_from(d['unit_align']))
+    def load_state_dict(self, d: dict[str, Any]) -> list[str]:
+        """Restore the running state (the averages) from a checkpoint; keep this object's settings.
+
+        Returns the settings in which the checkpoint differs (``'beta: 0.5 -> 0.7'``) for the caller to
+        warn about: on resume the YAML's settings win. A checkpoint written before the feedback has no
+        ``log_bias``, which then starts afresh.
+        """
+        for name in ('rest', 'unit_align', 'log_bias'):
+            if isinstance(d.get(name), dict):
+                ema = getattr(self, name)
+                ema.value, ema.weight = d[name]['value'], d[name]['weight']
+        return _changed(self, d, ('beta', 'bias_beta'))
 
 
 @dataclass
@@ -177,10 +206,27 @@ class AutoStop:
         d['signals'] = list(self.signals)
         return d
 
-    @classmethod
-    def from_state_dict(cls, d: dict[str, Any]) -> AutoStop:
-        d = dict(d)
-        d['gap_ema'], d['cos_ema'] = _ema_from(d['gap_ema']), _ema_from(d['cos_ema'])
-        d['slope_ema'] = _ema_from(d['slope_ema'])
-        d['signals'] = tuple(d['signals'])
-        return cls(**d)
+    def load_state_dict(self, d: dict[str, Any]) -> list[str]:
+        """Restore the running state (averages, count, decision) from a checkpoint; keep this object's settings.
+
+        Returns the settings in which the checkpoint differs (``'horizon: 1 -> 0'``) for the caller
+        to warn about: on resume the YAML's settings win.
+        """
+        for name in ('gap_ema', 'slope_ema', 'cos_ema'):
+            ema = getattr(self, name)
+            ema.value, ema.weight = d[name]['value'], d[name]['weight']
+        for name in ('last_gap', 'seen', 'fired_at', 'fired_by', 'ramp_batches'):
+            setattr(self, name, d[name])
+        return _changed(self, {**d, 'signals': tuple(d['signals'])}, AUTO_STOP_SETTINGS)
+
+
+AUTO_STOP_SETTINGS = ('signals', 'beta', 'warmup', 'ce_gap', 'horizon', 'cos_threshold', 'ramp_share')
+
+
+def _changed(current: Any, saved: dict[str, Any], settings: tuple[str, ...]) -> list[str]:
+    """``'name: saved -> current'`` for each setting that differs between a checkpoint and ``current``."""
+    return [
+        f'{name}: {saved[name]!r} -> {getattr(current, name)!r}'
+        for name in settings
+        if name in saved and saved[name] != getattr(current, name)
+    ]

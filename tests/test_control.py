@@ -35,8 +35,43 @@ def test_relative_strength_round_trips_its_state() -> None:
     strength = RelativeStrength(beta=0.8)
     for rest, align in ((1.0, 0.5), (2.0, 0.4), (1.5, 0.7)):
         strength.observe(rest, align, 0.1)
-    again = RelativeStrength.from_state_dict(strength.state_dict())
+    again = RelativeStrength(beta=0.8)
+    assert again.load_state_dict(strength.state_dict()) == []
     assert again == strength and again.weight(0.2) == strength.weight(0.2)
+
+
+def test_relative_strength_resumes_with_its_own_settings_not_the_checkpoints() -> None:
+    saved = RelativeStrength(beta=0.8)
+    saved.observe(1.0, 0.5, 0.1)
+    resumed = RelativeStrength(beta=0.5)  # what the resumed run's code/YAML says
+    assert resumed.load_state_dict(saved.state_dict()) == ['beta: 0.8 -> 0.5']
+    assert resumed.beta == resumed.rest.beta == 0.5  # the averages came back, their memory did not
+    assert resumed.rest.mean == pytest.approx(1.0) and resumed.unit_align.mean == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize('target', [0.05, 0.5])
+@pytest.mark.parametrize('feedback', [True, False])
+def test_relative_strength_feedback_removes_the_feed_forwards_bias(target: float, feedback: bool) -> None:
+    """The pull per unit λ falls 8% a batch, the rest 3%, with log-normal batch noise: the feed-forward
+    (a ratio of lagging averages) misses, here by ~18% low; with the log-residual feedback the achieved
+    ratio's geometric mean over batches 8-199 is the target."""
+    import random
+
+    rng = random.Random(0)
+    strength, lam, errors = RelativeStrength(), 1e-3, []
+    for batch in range(200):
+        rest = 2.0 * 0.97**batch * math.exp(rng.gauss(0, 0.3))
+        align_per_unit = 3.0 * 0.92**batch * math.exp(rng.gauss(0, 0.5))
+        strength.observe(rest, lam * align_per_unit, lam)
+        errors.append(math.log(lam * align_per_unit / rest / target))
+        if not feedback:
+            strength.log_bias = type(strength.log_bias)(strength.bias_beta)  # forget it: feed-forward alone
+        lam = strength.weight(target)
+    geometric_error = math.exp(sum(errors[8:]) / len(errors[8:]))
+    if feedback:
+        assert abs(geometric_error - 1) < 0.1, geometric_error
+    else:
+        assert abs(geometric_error - 1) > 0.15, geometric_error  # the bias the feedback is there for
 
 
 def test_auto_stop_fires_on_the_ce_crossing_after_warmup_and_ramps() -> None:
@@ -91,5 +126,16 @@ def test_auto_stop_ignores_missing_values_and_round_trips() -> None:
     stop.observe(1, teacher_ce=None, student_ce=2.0, grad_cos=math.nan)
     assert stop.fired_at is None and math.isnan(stop.signal())
     stop.observe(2, teacher_ce=3.0, student_ce=3.5, grad_cos=0.1)
-    again = AutoStop.from_state_dict(stop.state_dict())
+    again = AutoStop(warmup=1)
+    assert again.load_state_dict(stop.state_dict()) == []
     assert again == stop
+
+
+def test_auto_stop_resumes_with_its_own_settings_not_the_checkpoints() -> None:
+    """A run resumed with another ``stop_horizon`` uses it: only the averages and the decision come back."""
+    saved = AutoStop(warmup=1, horizon=1.0)
+    for batch in range(1, 4):
+        saved.observe(batch, teacher_ce=3.0, student_ce=5.0 - 0.1 * batch, grad_cos=0.1)
+    resumed = AutoStop(warmup=1, horizon=0.0)
+    assert resumed.load_state_dict(saved.state_dict()) == ['horizon: 1.0 -> 0.0']
+    assert resumed.horizon == 0.0 and resumed.seen == 3 and resumed.gap_ema == saved.gap_ema
