@@ -65,8 +65,24 @@ def machine_facts() -> dict[str, Any]:
         },
         'git_commit': commit,
         'git_dirty': dirty,
-        'argv': sys.argv,
+        'argv': repo_relative(sys.argv),
     }
+
+
+def repo_relative(data: Any) -> Any:
+    """``data`` (JSON-like) with every string that is an absolute path inside the repository made relative to it.
+
+    Records under ``bench/reported/`` are committed: they hold no path of the machine that made them::
+
+        repo_relative({'folder': f'{ROOT}/bench/results/cache/corpus-1'})  # {'folder': 'bench/results/cache/corpus-1'}
+    """
+    if isinstance(data, dict):
+        return {key: repo_relative(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [repo_relative(value) for value in data]
+    if isinstance(data, (str, Path)) and os.path.isabs(data) and Path(data).is_relative_to(ROOT):
+        return Path(data).relative_to(ROOT).as_posix()
+    return data
 
 
 def write_json(path: Path, data: Any) -> None:

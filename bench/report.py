@@ -5,7 +5,8 @@ teachers must already be cached) and writes, for each experiment that has runs:
 
 * ``<out>/<name>.json``: the summary (per arm: final loss mean ± std over seeds, speedup in steps,
   whether the gap to the baseline is within seed noise, where each seed passes the teacher, LET's
-  diagnostics averaged over the active phase) plus every run's eval curve;
+  diagnostics averaged over the active phase) plus every run's eval curve; paths inside the
+  repository are written relative to it;
 * ``<out>/<name>.png``: eval loss vs step, whole run and second half;
 * ``<out>/lambda0-sweeps.png`` (speedup vs λ0 per regime) and ``<out>/<regime>-width-{lambda0,grad-ratio}.png``
   (speedup vs λ0 and vs relative strength per target width, for each regime where two widths have run);
@@ -27,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from analysis import best_arm, pull_per_lambda, series_mean, summarise
-from common import RESULTS, write_json
+from common import RESULTS, repo_relative, write_json
 from convergence import LET_DEFAULTS, TARGET, make_plan, run_path
 from plots import plot_curves, plot_lambda_sweeps
 
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if result is None:
             continue
         results[name] = result
-        write_json(out / f'{name}.json', result)
+        write_json(out / f'{name}.json', repo_relative(result))  # committed under bench/reported: no machine paths
         plot_curves(result, out / f'{name}.png')
     figures = [(['teacher-ahead', 'overtake', 'weak-teacher'], 'lambda0', 'lambda0-sweeps.png', 1)]
     regimes = list(dict.fromkeys(regime for regime, _, _ in EXPERIMENTS.values()))

@@ -15,6 +15,7 @@ Add one block to an llm-foundry YAML and launch as always
         # grad_ratio: 0.1        # with strength: relative: target ‖λ·∇_h L_align‖ / ‖∇_h L_rest‖
         schedule: linear         # linear (paper) | constant | cosine | step
         projection: interpolate  # interpolate (paper) | pool | linear | none
+        teacher_norm: none       # none (paper) | standardize (each teacher feature z-scored over the batch's tokens)
         loss: cosine             # cosine (paper) | mse | smooth_l1
         teacher_dtype: bf16      # bf16 | fp16 | fp32
         ce_tokens: 256           # positions per microbatch for let/teacher_ce and let/student_ce (0: off)
@@ -39,14 +40,29 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from composer_let import config as cfg
-from composer_let.alignment import LOSSES, PROJECTIONS, RESIZES, alignment_loss, resize_width
+from composer_let.alignment import (
+    LOSSES,
+    PROJECTIONS,
+    RESIZES,
+    TEACHER_NORMS,
+    alignment_loss,
+    resize_width,
+    standardize_features,
+)
 from composer_let.capture import OutputCapture
 from composer_let.control import AutoStop, RelativeStrength
 from composer_let.cross_tokenizer import KEYS as BRIDGE_KEYS
 from composer_let.cross_tokenizer import PREFIX, BridgedCollate, TokenBridge
 from composer_let.diagnostics import GradientProbe, gradient_stats, sampled_positions, token_nll
 from composer_let.distill import head_rescaling
-from composer_let.layers import STRATEGIES, find_block_list, find_module, resolve_layer, strategy_layers
+from composer_let.layers import (
+    STRATEGIES,
+    find_block_list,
+    find_module,
+    reentrant_block,
+    resolve_layer,
+    strategy_layers,
+)
 from composer_let.losses import with_extra_loss
 from composer_let.schedule import SCHEDULES, schedule_weight
 from composer_let.teacher import (
@@ -168,6 +184,7 @@ class LET(Algorithm):
         stop: str | int | Time = '0.25dur',
         schedule: str = 'linear',
         projection: str = 'interpolate',
+        teacher_norm: str = 'none',
         loss: str = 'cosine',
         teacher_dtype: str = 'bf16',
         student_layer: int | None = None,
@@ -186,6 +203,7 @@ class LET(Algorithm):
         self.strategy = cfg.choice(SECTION, 'strategy', strategy, STRATEGIES)
         self.schedule = cfg.choice(SECTION, 'schedule', schedule, SCHEDULES)
         self.projection = cfg.choice(SECTION, 'projection', projection, PROJECTIONS)
+        self.teacher_norm = cfg.choice(SECTION, 'teacher_norm', teacher_norm, TEACHER_NORMS)
         self.loss = cfg.choice(SECTION, 'loss', loss, LOSSES)
         self.teacher_dtype = cfg.choice(SECTION, 'teacher_dtype', teacher_dtype, tuple(DTYPES))
         self.strength = cfg.choice(SECTION, 'strength', strength, STRENGTHS)
@@ -258,6 +276,7 @@ class LET(Algorithm):
         self._student_path = ''
         self._packed = False  # the student attends within documents (sequence_id): so does the teacher
         self._runner: TeacherRunner | None = None
+        self._requested: tuple[int, ...] = ()  # the teacher layers this algorithm asked of the runner
         self._head: nn.Module | None = None
         self._capture: OutputCapture | None = None
         self._probe = GradientProbe()
@@ -269,8 +288,9 @@ class LET(Algorithm):
         self._stats_device = torch.device('cpu')
         self._bridge: TokenBridge | None = None
         self._bridged_loader: DataLoader | None = None
-        self._plain_collate: Any = None
+        self._collate: BridgedCollate | None = None
         self._align_mask: torch.Tensor | None = None
+        self._hooked_grad = True  # whether the hooked output of the last forward carried a gradient
 
     # Composer wiring -----------------------------------------------------------------
 
@@ -461,6 +481,7 @@ class LET(Algorithm):
             'stop': str(self.stop),
             'schedule': self.schedule,
             'projection': self.projection,
+            'teacher_norm': self.teacher_norm,
         }
 
     def _make_bridge(self, student: Any, shape: TeacherShape) -> TokenBridge | None:
@@ -500,6 +521,7 @@ class LET(Algorithm):
             key=f'{SECTION}.teacher',
             packed=self._packed,
         )
+        self._requested = tuple(layers)  # withdrawn at release: SALT may keep the shared runner going
         self._head = self._runner.model.get_output_embeddings() if measure_ce else None
         self._guard = BatchGuard(self._shape, SECTION)
         target = find_module(state.model, self._student_path, key=f'{SECTION}.student_module')
@@ -514,12 +536,13 @@ class LET(Algorithm):
     def _bridge_loader(self, loader: Any) -> None:
         """Re-tokenize in the DataLoader (its workers, off the training loop) by wrapping its collate function."""
         if isinstance(loader, DataLoader) and not isinstance(loader.collate_fn, BridgedCollate):
-            self._plain_collate = loader.collate_fn
-            loader.collate_fn = BridgedCollate(loader.collate_fn, self._bridge)  # type: ignore[arg-type]
+            self._collate = BridgedCollate(loader.collate_fn, self._bridge)  # type: ignore[arg-type]
+            loader.collate_fn = self._collate
             self._bridged_loader = loader
 
     def _watch(self, hidden: torch.Tensor) -> torch.Tensor:
         """The student's hooked output as the alignment sees it: gradient-probed, then projected."""
+        self._hooked_grad = hidden.requires_grad
         watched = self._probe.watch(hidden)
         return watched if self._projection is None else self._projection(watched)
 
@@ -560,7 +583,11 @@ class LET(Algorithm):
             student = self._capture.pop()  # type: ignore[union-attr]
             if student is None or self._teacher_hidden is None:
                 raise RuntimeError(f'LET: the student module {self._student_path} did not run in this forward.')
+            if not self._hooked_grad and torch.is_grad_enabled() and state.model.training:
+                raise ValueError(self._no_gradient(state.model))  # before the first step: the pull would be 0
             teacher = self._teacher_hidden
+            if self.teacher_norm == 'standardize':
+                teacher = standardize_features(teacher, self._align_mask)
             if self.projection in RESIZES:
                 teacher = resize_width(teacher.float(), student.shape[-1], self.projection)
             align, cosine = alignment_loss(student, teacher, self._align_mask, kind=self.loss)
@@ -576,6 +603,23 @@ class LET(Algorithm):
             # DDP expects a gradient for every parameter each step: give the idle projection zeros.
             idle = sum(p.sum() for p in self._projection.parameters()) * 0.0
             state.loss = with_extra_loss(state.loss, 'let_align', idle, 1.0)
+
+    def _no_gradient(self, model: nn.Module) -> str:
+        """Why the hooked output carries no gradient in training, and the fix."""
+        block = reentrant_block(model, self._student_path)
+        where = (
+            f'it runs inside {block}, which is activation-checkpointed reentrantly (its forward runs without '
+            f'autograd). Set {SECTION}.student_module: {block} (the checkpointed block itself) or a module outside '
+            'the checkpointed region, or set fsdp_config.activation_checkpointing_reentrant: false'
+            if block is not None
+            else 'it runs where autograd is off (e.g. inside a reentrant activation checkpoint) or every parameter '
+            f'up to it is frozen. Set {SECTION}.student_module to a module whose output carries the gradient, or set '
+            'fsdp_config.activation_checkpointing_reentrant: false'
+        )
+        return (
+            f'{SECTION}.student_module={self._student_path}: its output carries no gradient in training, so the '
+            f'alignment would train nothing (a constant λ·align): {where}.'
+        )
 
     @torch.no_grad()
     def _sampled_ce(self, state: State) -> torch.Tensor:
@@ -629,11 +673,13 @@ class LET(Algorithm):
             self._capture.remove()
             self._capture = None
         if self._runner is not None:
-            self._runner.release()
+            self._runner.release(self._requested)
             self._runner = self._head = None
             log.info('LET: teacher released.')
-        if self._bridged_loader is not None:
-            self._bridged_loader.collate_fn = self._plain_collate  # workers already started keep theirs
-            self._bridged_loader = None
+        if self._collate is not None:
+            # The iterators made so far (and their workers) keep the wrapped collate: it now passes batches through.
+            self._collate.release()
+            self._bridged_loader.collate_fn = self._collate.collate_fn  # type: ignore[union-attr]
+            self._bridged_loader = self._collate = None
         self.active = False
         self._teacher_hidden = self._teacher_final = self._align_mask = None

@@ -13,8 +13,10 @@ whose hidden state it is aligned with::
     out['teacher_index'], out['teacher_valid']       # (B, S) teacher position per student position
 
     # or in the DataLoader's workers, off the training loop's critical path:
-    loader = DataLoader(dataset, collate_fn=BridgedCollate(collate_fn, bridge), num_workers=2)
+    collate = BridgedCollate(collate_fn, bridge)
+    loader = DataLoader(dataset, collate_fn=collate, num_workers=2)
     batch['let_teacher_input_ids'], batch['let_teacher_index'], ...
+    collate.release()  # from now on batches pass through untouched, in the workers too
 
 How a row is mapped:
 
@@ -36,11 +38,30 @@ How a row is mapped:
   A tokenizer that prepends a space to every text (SentencePiece ``add_dummy_prefix``) gets that
   space dropped from the teacher's text of documents that follow an EOS; a row's first document
   may begin mid-document and keeps it.
-* **No look-ahead.** Student position ``i`` is aligned with the last teacher position ``j`` such
-  that teacher tokens ``0..j`` all end by the end of student token ``i`` (:func:`position_map`): the
-  causal teacher at ``j`` has read nothing that the student at ``i`` has not. A student position
-  with no such ``j`` (the row's first tokens, when the teacher's first token reaches further) is
-  invalid: ``teacher_valid`` is False there and its loss must be masked out.
+* **Aligned only where no teacher token can straddle, within the document.** A student position is
+  aligned with a teacher position only if the student token ends exactly where one of the teacher's
+  *words* ends (the splits of its pre-tokenizer, which no teacher token crosses; read from the
+  teacher's own encoding, ``word_ids``) in the same document, or is a student EOS (aligned with the
+  teacher EOS placed for it). It gets the teacher token ending there: the word's last token. The
+  teacher also re-encodes the text of the last :data:`WINDOW_WORDS` words up to that point on its
+  own, and the position is kept only if that gives the same ids: this drops the splits a
+  pre-tokenizer makes because of the text after them (GPT-2's regex splits the ``'\\n\\n'`` before a
+  word into ``'\\n'``, ``'\\n'``, but keeps it whole at the end of a text). Every other position is
+  invalid (``teacher_valid`` False; its loss must be masked out): ends inside a teacher word or
+  inside a character, and a document's first positions before its first teacher word ends (never
+  the previous document's EOS).
+* **What holds.** For a valid student position ``i`` ending at byte ``e`` of document ``d``, the
+  teacher ids of ``d`` up to the aligned position are the teacher's encoding of ``d``'s text up to
+  ``e`` on its own, so the teacher state it is aligned with is a function of the student's tokens
+  up to ``i`` alone (of its document when the student attends within documents; else also of the
+  earlier documents of the row, which the student has read too). Which positions are valid depends
+  on the next character (whether a teacher word ends at ``e``); what a valid one is aligned with
+  does not. This is exact when the pre-tokenizer splits a text's beginning as it splits the whole
+  text except in its last :data:`WINDOW_WORDS` words, as regex pre-tokenizers (GPT-2's: byte-level
+  BPEs such as GPT-2, SmolLM2 and the benchmark's) do: ``tests/test_cross_tokenizer.py`` checks it
+  against the teacher's encoding of every prefix. A teacher whose tokenizer does not split text into
+  words (no pre-tokenizer, or SentencePiece conversions with ``split: false`` such as Llama 2's) has
+  no such positions and is refused.
 * **Lengths.** Teacher rows are padded to the batch's longest (teacher pad id, else its EOS; mask
   0) and cut at ``max_length`` (the teacher's context) at the END: teacher tokens beyond it are
   dropped and every student position aligned with one of them is invalid. The teacher row can
@@ -49,9 +70,12 @@ How a row is mapped:
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.context import get_spawning_popen
 from typing import Any
 
 import numpy as np
@@ -60,6 +84,9 @@ import torch
 SECTION = 'algorithms.let.cross_tokenizer'
 PREFIX = 'let_'
 KEYS = ('teacher_input_ids', 'teacher_attention_mask', 'teacher_sequence_id', 'teacher_index', 'teacher_valid')
+# Words of the teacher re-encoded on their own to check a position (module docstring, "What holds"): GPT-2's
+# regex splits a text's beginning differently from the whole text in at most its last two words.
+WINDOW_WORDS = 3
 
 # Texts on which a token -> bytes table must reproduce the tokenizer's own encoding. The second is
 # skipped by a tokenizer that encodes some of it as its unknown token (it cannot represent it).
@@ -173,32 +200,30 @@ def _decode_replacing(data: bytes) -> tuple[str, np.ndarray]:
     return ''.join(pieces), np.append(np.concatenate(starts), len(data))
 
 
-def _last_ending_by(teacher_ends: np.ndarray, student_ends: np.ndarray) -> np.ndarray:
-    """For each student end, the last ``j`` with teacher tokens ``0..j`` all ending by it; -1 if none."""
-    if len(teacher_ends) == 0:
-        return np.full(len(student_ends), -1, dtype=np.int64)
-    reach = np.maximum.accumulate(teacher_ends)
-    return np.searchsorted(reach, student_ends, side='right').astype(np.int64) - 1
-
-
 def position_map(
-    student_spans: Sequence[tuple[int, int]],
-    teacher_spans: Sequence[tuple[int, int]],
-) -> list[int | None]:
-    """Teacher position for each student token: the last teacher token ending by the student token's end.
+    student_ends: np.ndarray,
+    student_docs: np.ndarray,
+    teacher_ends: np.ndarray,
+    teacher_docs: np.ndarray,
+    closing: np.ndarray,
+) -> np.ndarray:
+    """Teacher position for each student token: the closing teacher token that ends where it ends, in its document.
 
-    Spans are ``(start, end)`` byte offsets in the same text. Student token ``i`` gets the last
-    ``j`` such that teacher tokens ``0..j`` all end at or before student token ``i``'s end (for
-    spans in text order, as tokenizers give them, simply the last teacher token ending by it), so
-    the causal teacher at ``j`` has read no byte the student at ``i`` has not; ``None`` if there is
-    none::
+    Ends are byte offsets in the row (non-decreasing), docs each token's document number, and
+    ``closing`` marks the teacher tokens a student token may be aligned with (the last token of a
+    word that checked out, or an EOS). -1 where there is none::
 
-        position_map([(0, 3), (3, 6)], [(0, 2), (2, 4), (4, 6)])  # [0, 2]
-        position_map([(0, 1), (1, 4)], [(0, 4)])                  # [None, 0]
+        ends, docs = np.array([2, 3, 5, 6, 7]), np.array([0, 0, 0, 0, 1])
+        position_map(ends, docs, np.array([3, 5, 6, 8]), np.array([0, 0, 0, 1]), np.array([1, 1, 1, 1]) > 0)
+        # [-1, 0, 1, 2, -1]: 2 ends inside teacher token 0; 7 is in the next document, whose token ends at 8
     """
-    teacher_ends = np.array([end for _, end in teacher_spans], dtype=np.int64)
-    student_ends = np.array([end for _, end in student_spans], dtype=np.int64)
-    return [int(j) if j >= 0 else None for j in _last_ending_by(teacher_ends, student_ends)]
+    candidates = np.flatnonzero(closing)
+    if len(candidates) == 0:
+        return np.full(len(student_ends), -1, dtype=np.int64)
+    k = np.searchsorted(teacher_ends[candidates], student_ends, side='right') - 1
+    j = candidates[np.maximum(k, 0)]
+    hit = (k >= 0) & (teacher_ends[j] == student_ends) & (teacher_docs[j] == student_docs)
+    return np.where(hit, j, -1).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -206,12 +231,15 @@ class RowAlignment:
     """One student row and its teacher input, before padding and truncation.
 
     Spans are ``(n, 2)`` byte offsets in the row's byte stream (a student EOS is one byte);
-    ``teacher_index[i]`` is the teacher position for student position ``i`` (-1: none).
+    ``teacher_closing`` marks the teacher tokens a student token may be aligned with (a word's last
+    token that checked out, or an EOS); ``teacher_index[i]`` is the teacher position for student
+    position ``i`` (-1: none; module docstring).
     """
 
     teacher_ids: np.ndarray
     teacher_sequence_id: np.ndarray
     teacher_spans: np.ndarray
+    teacher_closing: np.ndarray
     student_spans: np.ndarray
     teacher_index: np.ndarray
 
@@ -260,8 +288,8 @@ class TokenBridge:
         aligned = teacher_hidden[rows, out['teacher_index']]  # (B, S, d); use where out['teacher_valid']
 
     Raises ``ValueError`` naming ``algorithms.let.cross_tokenizer`` when the teacher tokenizer gives
-    no offsets (not a fast tokenizer), either tokenizer has no EOS, or the student's tokens cannot be
-    mapped back to bytes.
+    no offsets (not a fast tokenizer) or does not split text into words, either tokenizer has no
+    EOS, or the student's tokens cannot be mapped back to bytes.
     """
 
     def __init__(self, student_tokenizer: Any, teacher_tokenizer: Any, max_length: int):
@@ -276,6 +304,14 @@ class TokenBridge:
         self.max_length = max_length
         self._teacher_json = _offsets_encoder_json(teacher_tokenizer)
         self._encoder = _offsets_encoder(self._teacher_json)
+        if len(set(self._encoder.encode(PROBES[0], add_special_tokens=False).word_ids)) < 2:
+            raise ValueError(
+                f'{SECTION}: the teacher tokenizer ({type(teacher_tokenizer).__name__}) does not split text into '
+                "words (no pre-tokenizer that splits, as in SentencePiece conversions such as Llama 2's), so the "
+                'teacher token a student token ends with can depend on any text after it: no student position can '
+                'be aligned without look-ahead. Use a teacher whose tokenizer pre-tokenizes (byte-level BPE: GPT-2, '
+                "Llama 3, SmolLM2, Qwen), or train the student on the teacher's tokenizer and drop cross_tokenizer.",
+            )
         self.student_eos = int(student_tokenizer.eos_token_id)
         self.teacher_eos = int(teacher_tokenizer.eos_token_id)
         pad = getattr(teacher_tokenizer, 'pad_token_id', None)
@@ -295,8 +331,8 @@ class TokenBridge:
         self._encoder = _offsets_encoder(self._teacher_json)
 
     def align(self, rows: Sequence[Sequence[int]]) -> list[RowAlignment]:
-        """Align each row of student ids (module docstring); one teacher ``encode_batch`` for all documents."""
-        plans, texts, bounds = [], [], []
+        """Align each row of student ids (module docstring); two teacher ``encode_batch`` calls for all rows."""
+        plans, texts, bounds, wanted = [], [], [], []
         for row in rows:
             ids = np.asarray(row, dtype=np.int64).reshape(-1)
             if len(ids) and (ids.min() < 0 or ids.max() >= len(self._units)):
@@ -317,33 +353,75 @@ class TokenBridge:
                 text, offsets = decode_with_offsets(data[first:last])
                 texts.append(text)
                 bounds.append(offsets + first)
+                wanted.append(ends)
             plans.append((eos, starts, ends))
-        encodings = self._encoder.encode_batch(texts, add_special_tokens=False)
+        documents = [
+            self._closing_candidates(encoding, text, offsets, ends)
+            for encoding, text, offsets, ends in zip(
+                self._encoder.encode_batch(texts, add_special_tokens=False), texts, bounds, wanted, strict=True
+            )
+        ]
+        checks = [(doc, *window) for doc, (*_, windows) in enumerate(documents) for window in windows]
+        encode = getattr(self._encoder, 'encode_batch_fast', self._encoder.encode_batch)  # fast: no offsets
+        for (doc, k, first, _), encoding in zip(
+            checks, encode([window for *_, window in checks], add_special_tokens=False), strict=True
+        ):
+            ids, _, closing, _ = documents[doc]
+            closing[k] = encoding.ids == ids[first : k + 1].tolist()
         out, cursor = [], 0
         for eos, starts, ends in plans:
-            ids_parts, span_parts, eos_parts = [], [], []
+            parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
             for k in range(len(eos) + 1):
-                encoding, offsets = encodings[cursor], bounds[cursor]
+                ids, spans, closing, _ = documents[cursor]
                 cursor += 1
-                ids_parts.append(np.asarray(encoding.ids, dtype=np.int64))
-                span_parts.append(offsets[np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)])
-                eos_parts.append(np.zeros(len(encoding.ids), dtype=np.int64))
+                parts.append((ids, spans, closing, np.zeros(len(ids), dtype=np.int64)))
                 if k < len(eos):
-                    ids_parts.append(np.array([self.teacher_eos]))
-                    span_parts.append(np.array([[starts[eos[k]], ends[eos[k]]]]))
-                    eos_parts.append(np.ones(1, dtype=np.int64))
-            is_eos = np.concatenate(eos_parts)
-            spans = np.concatenate(span_parts).reshape(-1, 2)
+                    eos_span = np.array([[starts[eos[k]], ends[eos[k]]]])
+                    parts.append((np.array([self.teacher_eos]), eos_span, np.ones(1, dtype=bool), np.ones(1, np.int64)))
+            teacher_ids, spans, closing, is_eos = (np.concatenate(p) for p in zip(*parts, strict=True))
+            teacher_docs = np.cumsum(is_eos) - is_eos
+            student_eos = np.zeros(len(ends), dtype=np.int64)
+            student_eos[eos] = 1
+            student_docs = np.cumsum(student_eos) - student_eos
+            spans = spans.reshape(-1, 2)
             out.append(
                 RowAlignment(
-                    teacher_ids=np.concatenate(ids_parts).astype(np.int64),
-                    teacher_sequence_id=np.cumsum(is_eos) - is_eos,
+                    teacher_ids=teacher_ids.astype(np.int64),
+                    teacher_sequence_id=teacher_docs,
                     teacher_spans=spans,
+                    teacher_closing=closing,
                     student_spans=np.stack([starts, ends], axis=1),
-                    teacher_index=_last_ending_by(spans[:, 1], ends),
+                    teacher_index=position_map(ends, student_docs, spans[:, 1], teacher_docs, closing),
                 ),
             )
         return out
+
+    @staticmethod
+    def _closing_candidates(
+        encoding: Any, text: str, offsets: np.ndarray, student_ends: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, str]]]:
+        """One document's teacher ids, byte spans, closing flags (all False yet) and the windows to check.
+
+        A window is ``(k, first, text)``: token ``k`` ends a teacher word at a student token's end, and
+        ``text`` is the document's text from token ``first`` (the start of the word
+        ``WINDOW_WORDS - 1`` words before) to the end of token ``k``.
+        """
+        ids = np.asarray(encoding.ids, dtype=np.int64)
+        chars = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        spans = offsets[chars]
+        words = encoding.word_ids
+        words = np.array(words if None not in words else [-1 - k if w is None else w for k, w in enumerate(words)])
+        new_word = np.ones(len(ids), dtype=bool)
+        new_word[1:] = words[1:] != words[:-1]
+        word_starts = np.flatnonzero(new_word)
+        ends_word = np.append(new_word[1:], True)[: len(ids)]
+        candidates = np.flatnonzero(ends_word & np.isin(spans[:, 1], student_ends))
+        firsts = word_starts[np.maximum(np.searchsorted(word_starts, candidates, side='right') - WINDOW_WORDS, 0)]
+        windows = [
+            (k, first, text[chars[first, 0] : chars[k, 1]])
+            for k, first in zip(candidates.tolist(), firsts.tolist(), strict=True)
+        ]
+        return ids, spans, np.zeros(len(ids), dtype=bool), windows
 
     def __call__(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """The teacher's batch and the position map for ``input_ids`` ``(B, S)`` (see the class docstring)."""
@@ -384,18 +462,46 @@ class BridgedCollate:
     The bridge's five tensors are added under ``let_``-prefixed keys (``let_teacher_input_ids``,
     ``let_teacher_attention_mask``, ``let_teacher_sequence_id``, ``let_teacher_index``,
     ``let_teacher_valid``), so the re-tokenization runs in the DataLoader's worker processes.
-    Picklable (plain attributes) for spawned workers::
+    After :meth:`release` batches pass through untouched, in every process that holds this
+    collate: the flag is in shared memory, which the DataLoader's workers (forked or spawned)
+    share, so an iterator made before the release, and its workers, stop re-tokenizing too::
 
-        loader = DataLoader(dataset, batch_size=16, num_workers=2,
-                            collate_fn=BridgedCollate(loader.collate_fn, TokenBridge(student, teacher, 2048)))
+        collate = BridgedCollate(loader.collate_fn, TokenBridge(student, teacher, 2048))
+        loader = DataLoader(dataset, batch_size=16, num_workers=2, collate_fn=collate)
+        collate.release()  # e.g. once the teacher is released
+
+    Picklable for spawned workers; a copy made otherwise (``pickle``, ``copy.deepcopy``) gets a flag
+    of its own, set as the original's was.
     """
 
     def __init__(self, collate_fn: Callable[[list[Any]], Any], bridge: TokenBridge):
         self.collate_fn = collate_fn
         self.bridge = bridge
+        self._released: Any = multiprocessing.RawValue(ctypes.c_bool, False)
+
+    @property
+    def released(self) -> bool:
+        return bool(self._released.value)
+
+    def release(self) -> None:
+        """Pass batches through untouched from now on (no re-tokenization, no ``let_`` keys), in all processes."""
+        self._released.value = True
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if get_spawning_popen() is None:  # not a worker process being started: shared memory cannot be pickled
+            state['_released'] = self.released
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state['_released'], bool):
+            state['_released'] = multiprocessing.RawValue(ctypes.c_bool, state['_released'])
+        self.__dict__.update(state)
 
     def __call__(self, samples: list[Any]) -> Any:
         batch = self.collate_fn(samples)
+        if self.released:
+            return batch
         for key, value in self.bridge(batch['input_ids']).items():
             batch[PREFIX + key] = value
         return batch

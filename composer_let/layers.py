@@ -75,6 +75,21 @@ def find_module(model: nn.Module, path: str, key: str = 'student_module') -> nn.
     return modules[target]
 
 
+def reentrant_block(model: nn.Module, path: str) -> str | None:
+    """The clean path of the reentrant activation-checkpoint wrapper strictly enclosing ``path``, if any.
+
+    A module inside it runs without autograd in the forward (the wrapper re-runs it in the backward),
+    so its output carries no gradient; the wrapper's own output does.
+    """
+    target = clean_path(path)
+    for name, module in model.named_modules():
+        block = clean_path(name)
+        reentrant = getattr(getattr(module, 'checkpoint_impl', None), 'name', None) == 'REENTRANT'
+        if reentrant and block and target.startswith(f'{block}.'):
+            return block
+    return None
+
+
 def strategy_layers(strategy: str, num_teacher_layers: int, num_student_layers: int) -> tuple[int, int]:
     """Return ``(teacher_layer, student_layer)`` block indices for a LET strategy.
 

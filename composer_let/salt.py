@@ -207,7 +207,7 @@ class SALT(Algorithm):
         )
         head = runner.model.get_output_embeddings()
         if head is None or getattr(head, 'weight', None) is None or head.weight.shape[-1] != self._final_width:
-            runner.release()
+            runner.release([final])
             raise ValueError(
                 f'{SECTION}.teacher={self.teacher!r} has no LM head mapping its {self._final_width}-wide final '
                 'hidden state to logits (get_output_embeddings()); SALT needs a causal LM with one.',
@@ -241,7 +241,7 @@ class SALT(Algorithm):
 
     def _release(self) -> None:
         if self._runner is not None:
-            self._runner.release()
+            self._runner.release([self._runner.num_layers - 1])  # LET may keep the shared teacher, not this layer
             self._runner = self._head = None
             log.info('SALT: teacher released.')
         self.active = False

@@ -11,7 +11,8 @@ import gc
 import os
 import re
 import weakref
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,14 +266,17 @@ class TeacherRunner:
     as Hugging Face's ``hidden_states[-1]``. When only earlier blocks are needed the
     forward stops right after the deepest of them. Several algorithms (``let``,
     ``salt``) share one runner through :func:`acquire_teacher`: the second call with the
-    same ``input_ids`` tensor returns the cached outputs instead of running again.
+    same ``input_ids`` tensor returns the cached outputs instead of running again. Requests
+    are counted: a layer stays computed until every :meth:`request` of it has been dropped
+    (:meth:`drop`, or :meth:`release` with the layers its user requested).
     """
 
     def __init__(self, model: nn.Module, num_layers: int):
         self.model = model
         self.backbone = model.base_model
         self.num_layers = num_layers
-        self.layers: set[int] = set()
+        self.layers: set[int] = set()  # the layers with a request
+        self._requests: Counter[int] = Counter()
         self.forwards = 0  # teacher forwards run, for tests and benchmarks
         self.users = 0  # algorithms sharing this runner (see acquire_teacher)
         self._blocks: nn.ModuleList | None = None
@@ -290,9 +294,18 @@ class TeacherRunner:
     def request(self, layer: int) -> None:
         if not 0 <= layer < self.num_layers:
             raise ValueError(f'Teacher layer {layer} is out of range 0..{self.num_layers - 1}.')
+        self._requests[layer] += 1
         if layer not in self.layers:
             self.layers.add(layer)
             self._cache_key, self._cache = None, {}  # the cached outputs lack the new layer
+
+    def drop(self, layer: int) -> None:
+        """Withdraw one :meth:`request` of ``layer``; after the last one it is no longer computed or copied."""
+        if self._requests[layer] > 1:
+            self._requests[layer] -= 1
+        else:
+            self._requests.pop(layer, None)
+            self.layers.discard(layer)
 
     def _hook_layers(self) -> None:
         wanted = frozenset(i for i in self.layers if i != self.num_layers - 1)
@@ -381,8 +394,10 @@ class TeacherRunner:
             self._cache_key, self._cache = None, {}
         return None
 
-    def release(self) -> None:
-        """Drop this user of a pooled runner (see :func:`acquire_teacher`)."""
+    def release(self, layers: Iterable[int] = ()) -> None:
+        """Drop this user of a pooled runner (see :func:`acquire_teacher`) and the ``layers`` it requested."""
+        for layer in layers:
+            self.drop(layer)
         release_teacher(self)
 
     def close(self) -> None:
@@ -485,8 +500,9 @@ def start_teacher(
     """Acquire the teacher (:func:`acquire_teacher`), request ``widths``' layers and check their real widths.
 
     ``widths`` maps block index to the width expected from the weightless probe at INIT (``-1``:
-    any). ``packed``: the student attends within documents, so the teacher must take a per-document
-    mask. On any error the runner is released again, so a failed start never keeps a teacher loaded.
+    any); pair it with ``runner.release(widths)``, which withdraws these requests. ``packed``: the
+    student attends within documents, so the teacher must take a per-document mask. On any error
+    the runner is released again, so a failed start never keeps a teacher loaded.
     """
     runner = acquire_teacher(path, dtype, device, num_layers, owner=owner)
     try:
@@ -507,6 +523,6 @@ def start_teacher(
                     f'says {expected}. The weights do not match the config.',
                 )
     except BaseException:
-        runner.release()
+        runner.release(widths)
         raise
     return runner

@@ -15,8 +15,10 @@ Printed (and written with ``--json``): parameters of the student and the teacher
 input embeddings and the LM head), the FLOPs of one microbatch (``device_train_microbatch_size``
 x ``max_seq_len``): the teacher's forward (as the run executes it) against the student's
 forward+backward, forwards counted by ``torch.utils.flop_counter`` on weightless tensors, backward =
-2 x forward; memory per rank; and the step at which the teacher is released (``stop``). A failed
-check exits with status 1 and the YAML key in the message.
+2 x forward (with ``cross_tokenizer`` the teacher reads its own tokens, counted from both tokenizers
+on a sample text: ``--sample-text FILE``); memory per rank (ZeRO-2, ``SHARD_GRAD_OP``, with the full
+weights it holds from forward to backward); and the step at which the teacher is released
+(``stop``). A failed check exits with status 1 and the YAML key in the message.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from torch import nn
 STUDENT_WEIGHT_BYTES = {'bf16': 2, 'bfloat16': 2, 'f16': 2, 'float16': 2}  # model.master_weights_dtype; else fp32
 SHARDED = ('FULL_SHARD', 'SHARD_GRAD_OP')  # weights, grads and optimizer state split over every rank
 HYBRID = ('HYBRID_SHARD', '_HYBRID_SHARD_ZERO2')  # split within a node, replicated across nodes
+ZERO2 = ('SHARD_GRAD_OP', '_HYBRID_SHARD_ZERO2')  # the full weights stay gathered from the forward to the backward
 CHECKED = ('let', 'salt')  # algorithms with an INIT check() of their own
 
 
@@ -400,6 +403,9 @@ def student_memory(params: int, train_cfg: Any, world_size: int, gpus_per_node: 
     weight_bytes = STUDENT_WEIGHT_BYTES.get(str(train_cfg.model.get('master_weights_dtype')), 4)
     states, optimizer = optimizer_states(train_cfg)
     per_param = weight_bytes * (2 + states)  # weights, grads, optimizer state: all in the master weights' dtype
+    # ZeRO-2 does not reshard after the forward: every rank holds the whole model's gathered weights until the
+    # backward, beside its shards (FULL_SHARD gathers one FSDP unit at a time, not counted here).
+    gathered = params * gathered_weight_bytes(train_cfg, weight_bytes) if strategy in ZERO2 else 0
     return {
         'strategy': strategy,
         'shards': shards,
@@ -407,16 +413,31 @@ def student_memory(params: int, train_cfg: Any, world_size: int, gpus_per_node: 
         'optimizer': optimizer,
         'optimizer_states': states,
         'weights_per_rank': math.ceil(params * weight_bytes / shards),
-        'training_state_per_rank': math.ceil(params * per_param / shards),
+        'gathered_weights_per_rank': gathered,
+        'training_state_per_rank': math.ceil(params * per_param / shards) + gathered,
     }
+
+
+def gathered_weight_bytes(train_cfg: Any, weight_bytes: int) -> int:
+    """Bytes per parameter of FSDP's gathered weights: its ``param_dtype`` (``fsdp_config.mixed_precision``
+    ``DEFAULT``/``PURE`` with ``amp_*`` precision: 16 bits; ``FULL``: the master weights' dtype)."""
+    mixed = (train_cfg.fsdp_config or {}).get('mixed_precision', 'DEFAULT')
+    if isinstance(mixed, str):
+        low = mixed.upper() in ('DEFAULT', 'PURE') and str(train_cfg.precision) in ('amp_bf16', 'amp_fp16')
+    else:  # a dict of dtypes
+        low = str(dict(mixed).get('param_dtype')) in STUDENT_WEIGHT_BYTES
+    return min(weight_bytes, 2) if low else weight_bytes
 
 
 # The estimate ---------------------------------------------------------------------------------
 
 
-def teacher_usage(wiring: dict[str, dict[str, Any]], algorithms: dict[str, Any], tokens: int) -> list[dict[str, Any]]:
+def teacher_usage(
+    wiring: dict[str, dict[str, Any]], algorithms: dict[str, Any], tokens: int, lengths: dict[str, int]
+) -> list[dict[str, Any]]:
     """One loaded teacher per (folder, dtype), shared by ``let`` and ``salt`` as in the run: which blocks it runs
-    to and on how many positions of a microbatch its LM head runs."""
+    to, on how many positions of a microbatch its LM head runs, and its tokens per row (``lengths``, by algorithm).
+    ``let`` with ``cross_tokenizer`` never runs the head (no CEs across tokenizers)."""
     teachers: dict[tuple[str, str], dict[str, Any]] = {}
     for name, wired in wiring.items():
         algorithm = algorithms[name]
@@ -429,13 +450,15 @@ def teacher_usage(wiring: dict[str, dict[str, Any]], algorithms: dict[str, Any],
                 'algorithms': [],
                 'layers': set(),
                 'head': 0,
+                'sequence_length': 0,
             },
         )
         entry['algorithms'].append(name)
+        entry['sequence_length'] = max(entry['sequence_length'], lengths[name])
         final = wired['teacher_layers'] - 1
         if name == 'let':
             entry['layers'].add(wired['teacher_layer'])
-            if algorithm.ce_tokens:  # let/teacher_ce: the LM head on ce_tokens positions
+            if algorithm.ce_tokens and not wired['cross_tokenizer']:  # let/teacher_ce: the head on ce_tokens rows
                 entry['layers'].add(final)
                 entry['head'] += min(algorithm.ce_tokens, tokens)
         else:  # salt: the final-norm state through the LM head on every position
@@ -444,12 +467,12 @@ def teacher_usage(wiring: dict[str, dict[str, Any]], algorithms: dict[str, Any],
     return [{**entry, 'layers': sorted(entry['layers'])} for entry in teachers.values()]
 
 
-def teacher_row(entry: dict[str, Any], batch_size: int, seq_len: int) -> dict[str, Any]:
+def teacher_row(entry: dict[str, Any], batch_size: int) -> dict[str, Any]:
     """Parameters, FLOPs per microbatch and memory per rank of one teacher of ``teacher_usage``."""
     from composer_let.teacher import DTYPES, load_teacher_config
 
     config = load_teacher_config(entry['folder'])
-    cost = teacher_cost(config, entry['layers'], entry['head'], batch_size, seq_len)
+    cost = teacher_cost(config, entry['layers'], entry['head'], batch_size, entry['sequence_length'])
     return {
         'teacher': entry['id'],
         'folder': entry['folder'],
@@ -459,6 +482,7 @@ def teacher_row(entry: dict[str, Any], batch_size: int, seq_len: int) -> dict[st
         'vocab_size': int(config.vocab_size),
         'layers_run': entry['layers'],
         'head_positions_per_microbatch': entry['head'],
+        'sequence_length': entry['sequence_length'],
         **cost,
         'memory_per_rank': cost['params']['total'] * (torch.finfo(DTYPES[entry['dtype']]).bits // 8),
     }
@@ -488,6 +512,39 @@ def student_flops(model: nn.Module, params: dict[str, int], batch_size: int, seq
     return {**counted, 'forward_backward_analytic': analytic, 'method': method}
 
 
+def count_tokens(tokenizer: Any, text: str) -> int:
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def teacher_lengths(
+    wiring: dict[str, dict[str, Any]], tokenizer: Any, seq_len: int, sample_text: str | None, notes: list[str]
+) -> dict[str, int]:
+    """The teacher's tokens per row, by algorithm: ``max_seq_len``, or with ``let``'s ``cross_tokenizer`` the
+    teacher's own count of the row's text, estimated as ``max_seq_len`` x (teacher tokens / student tokens) on a
+    sample text (``sample_text``, a file; default: the pydoc topics of this Python), within the teacher's context."""
+    from composer_let.algorithm import CROSS_TOKENIZER_MAX_LENGTH
+    from composer_let.prep.teacher_prep import default_check_text
+    from composer_let.teacher import load_teacher_config, load_teacher_tokenizer
+
+    lengths = {name: seq_len for name in wiring}
+    wired = wiring.get('let')
+    if wired is None or not wired['cross_tokenizer']:
+        return lengths
+    if sample_text is None:
+        text, source = default_check_text(), "this Python's pydoc topics (English prose; --sample-text FILE for yours)"
+    else:
+        with open(sample_text, encoding='utf-8') as f:
+            text, source = f.read(), sample_text
+    ratio = count_tokens(load_teacher_tokenizer(wired['teacher']), text) / count_tokens(tokenizer, text)
+    context = load_teacher_config(wired['teacher']).max_position_embeddings or CROSS_TOKENIZER_MAX_LENGTH
+    lengths['let'] = min(context, math.ceil(seq_len * ratio))
+    notes.append(
+        f'cross_tokenizer: the teacher reads its own tokens, {ratio:.3f} per student token on {source}: '
+        f'{lengths["let"]} per row of {seq_len}; no LM head (no CEs across tokenizers)'
+    )
+    return lengths
+
+
 def microbatch_shape(train_cfg: Any, notes: list[str]) -> tuple[int, int]:
     """``(device_train_microbatch_size, max_seq_len)``; ``auto`` counts as 1 (the ratio does not depend on it)."""
     microbatch = train_cfg.device_train_microbatch_size
@@ -497,7 +554,9 @@ def microbatch_shape(train_cfg: Any, notes: list[str]) -> tuple[int, int]:
     return max(1, int(microbatch)), int(train_cfg.max_seq_len)
 
 
-def estimate(yaml_path: str, overrides: list[str], world_size: int, gpus_per_node: int) -> dict[str, Any]:
+def estimate(
+    yaml_path: str, overrides: list[str], world_size: int, gpus_per_node: int, sample_text: str | None = None
+) -> dict[str, Any]:
     """Run every check and compute every number; raises ``EstimateError`` naming the YAML key."""
     train_cfg = load_train_config(yaml_path, overrides, world_size)
     tokenizer, tokenizer_note = build_run_tokenizer(train_cfg)
@@ -511,9 +570,9 @@ def estimate(yaml_path: str, overrides: list[str], world_size: int, gpus_per_nod
     batch_size, seq_len = microbatch_shape(train_cfg, notes)
     params = param_counts(model)
     vocab = model_vocab_size(model)
-    teachers = [
-        teacher_row(entry, batch_size, seq_len) for entry in teacher_usage(wiring, algorithms, batch_size * seq_len)
-    ]
+    lengths = teacher_lengths(wiring, tokenizer, seq_len, sample_text, notes)
+    usage = teacher_usage(wiring, algorithms, batch_size * seq_len, lengths)
+    teachers = [teacher_row(entry, batch_size) for entry in usage]
     for teacher in teachers:
         warning = check_vocabulary(teacher['algorithms'][0], vocab, tokenizer, teacher['vocab_size'])
         notes += [f'warning: {warning}'] if warning else []
@@ -618,6 +677,8 @@ def memory_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         )
     )
     optimizer = f'{memory["optimizer"] or "optimizer"}: {memory["optimizer_states"]} states'
+    if memory['gathered_weights_per_rank']:
+        optimizer += f'; with {gib(memory["gathered_weights_per_rank"])} of full weights gathered forward to backward'
     rows.append(
         (
             'student weights+grads+optimizer',
@@ -676,6 +737,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--gpus', type=int, default=8, help='world size of the planned run (default: 8)')
     parser.add_argument('--gpus-per-node', type=int, default=8, help='for HYBRID_SHARD (default: 8)')
     parser.add_argument('--json', metavar='PATH', help='also write the numbers as JSON')
+    parser.add_argument(
+        '--sample-text',
+        metavar='FILE',
+        help="with cross_tokenizer: text to measure the tokenizers' relative token counts on (default: pydoc topics)",
+    )
     parser.add_argument('--verbose', action='store_true', help="show llm-foundry's and transformers' warnings")
     args = parser.parse_args(argv)
     if args.gpus < 1 or args.gpus_per_node < 1:
@@ -693,7 +759,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for name in ('llmfoundry', 'transformers', 'composer'):
                 logging.getLogger(name).setLevel(logging.ERROR)
         try:
-            report = estimate(args.yaml, args.overrides, args.gpus, args.gpus_per_node)
+            report = estimate(args.yaml, args.overrides, args.gpus, args.gpus_per_node, args.sample_text)
         except EstimateError as e:
             print(f'estimate.py: error: {e}', file=sys.stderr)
             raise SystemExit(1) from None

@@ -16,6 +16,10 @@ rank called it, so a test can see that local rank 0 downloads before the others.
 ``LET_TEST_FSDP1_ON_CPU=1`` lets Composer's FSDP1 path run on CPU: its only CUDA call,
 ``device_id=torch.cuda.current_device()`` in ``prepare_fsdp_module``, returns the CPU
 device instead (torch's FSDP1 itself runs on CPU with gloo). Nothing else is changed.
+
+``LET_TEST_RANK1_AUTO_STOP='{"warmup": 1000}'`` gives rank 1's ``stop: auto`` rule other settings
+than rank 0's (``AutoStop`` fields), so the ranks decide differently from the same all-reduced
+numbers and only LET's broadcast of rank 0's decision makes them agree.
 """
 
 from __future__ import annotations
@@ -62,6 +66,21 @@ def _fake_hub(folder: str) -> None:
     huggingface_hub.snapshot_download = snapshot_download
 
 
+def _rank1_auto_stop(settings: dict[str, Any]) -> None:
+    """On rank 1 only: ``AutoStop`` with ``settings`` overriding its fields (after the YAML's)."""
+    if os.environ.get('RANK') != '1':
+        return
+    import composer_let.algorithm as algorithm
+
+    class Rank1AutoStop(algorithm.AutoStop):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            for name, value in settings.items():
+                setattr(self, name, value)
+
+    algorithm.AutoStop = Rank1AutoStop
+
+
 def _projection(model: Any) -> list | None:
     """The full ``let_projection`` weight; gathering it is a collective under FSDP, so every rank calls this."""
     from torch.distributed.fsdp import FullyShardedDataParallel
@@ -88,6 +107,8 @@ def main(out_dir: str, yaml_path: str, overrides: list[str]) -> None:
     _spy_teacher_loads()
     if os.environ.get('LET_TEST_FAKE_HUB'):
         _fake_hub(os.environ['LET_TEST_FAKE_HUB'])
+    if os.environ.get('LET_TEST_RANK1_AUTO_STOP'):
+        _rank1_auto_stop(json.loads(os.environ['LET_TEST_RANK1_AUTO_STOP']))
     if os.environ.get('LET_TEST_FSDP1_ON_CPU'):
         import torch
 

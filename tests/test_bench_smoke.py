@@ -116,13 +116,28 @@ def test_report_sorts_arms_into_the_absolute_and_relative_sweeps() -> None:
         assert report.strength_of(convergence.parse_arm(spec)) is None  # not a plain point of either sweep
 
 
+def strings(data: object) -> list[str]:
+    """Every string in a JSON document, keys included."""
+    if isinstance(data, dict):
+        return [s for key, value in data.items() for s in (key, *strings(value))]
+    if isinstance(data, list):
+        return [s for value in data for s in strings(value)]
+    return [data] if isinstance(data, str) else []
+
+
 @pytest.mark.skipif(not (SHARED_DATA / 'text').is_dir(), reason=f'the real corpus {SHARED_DATA / "text"} is absent')
-def test_convergence_smoke(tmp_path: Path) -> None:
+def test_convergence_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import AutoModelForCausalLM
 
     convergence = _bench('convergence')
+    # The results folder stands for the repository (bench/results/ in it): paths under it are the machine's own.
+    monkeypatch.setattr(_bench('common'), 'ROOT', tmp_path)
     argv = ['--smoke', '--seeds', '1', '--results', str(tmp_path)]
+    monkeypatch.setattr('sys.argv', [str(tmp_path / 'bench' / 'convergence.py'), *argv])  # as launched
     result = convergence.main(argv)
+    written = json.loads((tmp_path / 'smoke' / 'convergence.json').read_text())  # the record bench/reported copies
+    assert written['teacher']['folder'] == f'cache/{Path(result["teacher"]["folder"]).name}'
+    assert not [s for s in strings(written) if s.startswith('/') or str(tmp_path) in s]  # no absolute path
     teacher = AutoModelForCausalLM.from_pretrained(result['teacher']['folder'])
     vocab = convergence.SMOKE['corpus']['vocab']
     assert teacher.config.vocab_size == vocab
@@ -144,9 +159,10 @@ def test_convergence_smoke(tmp_path: Path) -> None:
     again = convergence.main(argv)  # everything cached: same numbers, no training
     assert again['runs'] == result['runs'] and again['teacher'] == result['teacher']
 
-    # A reported summary seeds another machine's run cache (same teacher and plan), and nothing else does.
+    # A reported summary (its relative paths) seeds another machine's run cache (same teacher and plan), and
+    # nothing else does.
     fields = ('arm', 'seed', 'eval_curve', 'final_loss', 'series', 'params')
-    reported = {'plan': result['plan'], 'runs': [{k: r[k] for k in fields} for r in result['runs']]}
+    reported = {'plan': written['plan'], 'runs': [{k: r[k] for k in fields} for r in written['runs']]}
     (tmp_path / 'reported.json').write_text(json.dumps(reported))
     elsewhere = tmp_path / 'elsewhere'
     elsewhere.mkdir()

@@ -1,8 +1,11 @@
-"""Cross-tokenizer LET: student rows -> teacher input and a no-look-ahead position map.
+"""Cross-tokenizer LET: student rows -> teacher input and a position map free of look-ahead.
 
 The reference alignment below recomputes every span on its own (GPT-2's byte table from
 transformers, SentencePiece pieces, cut points of the decoded text) and checks it against the
-texts the tokenizers decode to, so it does not share code with the module it checks.
+texts the tokenizers decode to, and it builds the position map by brute force: for each student
+position, the teacher re-encodes the text of the position's document up to the end of the student
+token, and the position is valid where that is the start of the document's teacher ids and ends at
+one of the teacher's pre-tokens (``pre_tokenize_str``). It shares no code with the module it checks.
 """
 
 from __future__ import annotations
@@ -50,13 +53,21 @@ GPT2_BYTES = {c: b for b, c in bytes_to_unicode().items()}
 # Tokenizers ----------------------------------------------------------------------------------
 
 
-def sentencepiece_style(texts: list[str], prepend: bool = False, vocab_size: int = 320) -> PreTrainedTokenizerFast:
-    """A SentencePiece-style BPE: ▁ for spaces, <0xHH> byte fallback for characters it lacks, EOS </s>."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+def sentencepiece_style(
+    texts: list[str], prepend: bool = False, vocab_size: int = 320, split: bool = True
+) -> PreTrainedTokenizerFast:
+    """A SentencePiece-style BPE: ▁ for spaces, <0xHH> byte fallback for characters it lacks, EOS </s>.
+
+    ``split``: pre-tokenized into words before each ▁ (Metaspace, as SentencePiece's own
+    ``split_by_whitespace``); else BPE over the whole text, as the Llama 2 conversion.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     replace = normalizers.Replace(' ', '▁')
     tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend('▁'), replace]) if prepend else replace
+    if split:
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement='▁', prepend_scheme='never', split=True)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['</s>', '<pad>'], limit_alphabet=60)
     tokenizer.train_from_iterator(texts, trainer)
     spec = json.loads(tokenizer.to_str())['model']
@@ -86,6 +97,14 @@ def byte_level(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerF
 @pytest.fixture(scope='module')
 def sentencepiece() -> PreTrainedTokenizerFast:
     return sentencepiece_style(TRAIN_TEXTS)
+
+
+@pytest.fixture(scope='module')
+def one_byte(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer without merges: one token per byte."""
+    tokenizer = build_tokenizer(tmp_path_factory.mktemp('one_byte'), TRAIN_TEXTS, vocab_size=257)
+    assert len(encode(tokenizer, 'Hello')) == 5
+    return tokenizer
 
 
 def kind_of(tokenizer: Any) -> str:
@@ -136,6 +155,30 @@ def split_at(ids: list[int], eos: int) -> list[list[int]]:
     return pieces
 
 
+def pre_token_ends(tokenizer: Any, text: str) -> set[int]:
+    """Where the teacher's pre-tokens ("words") of ``text`` end, in characters, and the text's end."""
+    backend = tokenizer.backend_tokenizer
+    if backend.normalizer is not None:
+        normalized = backend.normalizer.normalize_str(text)
+        assert len(normalized) == len(text)  # the test tokenizers normalize character for character
+        text = normalized
+    return {end for _, (_, end) in backend.pre_tokenizer.pre_tokenize_str(text)} | {len(text)}
+
+
+def prefix_position(data: bytes, end: int, text: str, ids: list[int], teacher: Any) -> int | None:
+    """Brute force: the teacher position (in its document) for a student token ending at byte ``end`` of a
+    document with bytes ``data``, text ``text`` and teacher ids ``ids``; ``None`` where it has none.
+
+    The teacher re-encodes the document's text up to ``end``; that must be a whole number of
+    characters, the start of the document's ids, and end at one of the teacher's words.
+    """
+    left = data[:end].decode('utf-8', 'replace')
+    if left + data[end:].decode('utf-8', 'replace') != text or len(left) not in pre_token_ends(teacher, text):
+        return None
+    prefix = encode(teacher, left)
+    return len(prefix) - 1 if prefix and ids[: len(prefix)] == prefix else None
+
+
 def reference(row: list[int], student: Any, teacher: Any) -> dict[str, Any]:
     """Teacher row, sequence ids, student/teacher byte ends (EOS = one byte) and the expected map."""
     s_eos, t_eos = student.eos_token_id, teacher.eos_token_id
@@ -143,17 +186,22 @@ def reference(row: list[int], student: Any, teacher: Any) -> dict[str, Any]:
     sequence_id: list[int] = []
     teacher_ends: list[int] = []
     student_ends: list[int] = []
+    index: list[int] = []
     pos = 0
     pieces = split_at(row, s_eos)
     for k, piece in enumerate(pieces):
         data = b''.join(ref_bytes(student, piece))
         text = data.decode('utf-8', 'replace')
-        for b in ref_bytes(student, piece):
-            student_ends.append((student_ends[-1] if student_ends else 0) + len(b))
         ids = encode(teacher, text)
         assert teacher.decode(ids, clean_up_tokenization_spaces=False) == text  # the teacher reads the row's text
         if kind_of(student) == 'byte_level':
             assert student.decode(piece, clean_up_tokenization_spaces=False) == text
+        end = 0
+        for b in ref_bytes(student, piece):
+            end += len(b)
+            student_ends.append(pos + end)
+            j = prefix_position(data, end, text, ids, teacher)
+            index.append(-1 if j is None else len(teacher_ids) + j)
         pieces_bytes = ref_bytes(teacher, ids)
         assert b''.join(pieces_bytes) == text.encode()
         char_ends = np.cumsum([0] + [len(c.encode()) for c in text])
@@ -168,14 +216,11 @@ def reference(row: list[int], student: Any, teacher: Any) -> dict[str, Any]:
         pos += len(data)
         if k < len(pieces) - 1:
             pos += 1
+            index.append(len(teacher_ids))  # the student EOS <-> the teacher EOS placed for it
             teacher_ids.append(t_eos)
             sequence_id.append(k)
             teacher_ends.append(pos)
             student_ends.append(pos)
-    index = []
-    for end in student_ends:
-        ok = [j for j in range(len(teacher_ends)) if max(teacher_ends[: j + 1]) <= end]
-        index.append(ok[-1] if ok else -1)
     return {
         'teacher_ids': teacher_ids,
         'sequence_id': sequence_id,
@@ -203,13 +248,7 @@ def check_batch(bridge: TokenBridge, rows: list[list[int]], student: Any, teache
         assert aligned[r].teacher_spans[:, 1].tolist() == ref['teacher_ends']
         valid, index = out['teacher_valid'][r].tolist(), out['teacher_index'][r].tolist()
         assert [j if ok else -1 for j, ok in zip(index, valid, strict=True)] == ref['index']
-        for i, (j, ok) in enumerate(zip(index, valid, strict=True)):
-            end, teacher_ends = ref['student_ends'][i], ref['teacher_ends']
-            if ok:  # no look-ahead, and nothing later would do
-                assert max(teacher_ends[: j + 1]) <= end
-                assert j == n - 1 or teacher_ends[j + 1] > end
-            else:
-                assert index[i] == 0 and (not teacher_ends or teacher_ends[0] > end)
+        assert all(j == 0 for j, ok in zip(index, valid, strict=True) if not ok)
         refs.append(ref)
     return refs
 
@@ -217,24 +256,31 @@ def check_batch(bridge: TokenBridge, rows: list[list[int]], student: Any, teache
 # position_map --------------------------------------------------------------------------------
 
 
-def test_position_map_student_token_split_across_teacher_tokens():
-    assert position_map([(0, 6)], [(0, 2), (2, 4), (4, 6)]) == [2]
-    assert position_map([(0, 1), (1, 6), (6, 7)], [(0, 2), (2, 4), (4, 6), (6, 8)]) == [None, 2, 2]
+def pm(student_ends, teacher_ends, closing, student_docs=None, teacher_docs=None) -> list[int]:
+    """:func:`position_map` on lists; one document unless told."""
+    ends = [np.array(x, dtype=np.int64) for x in (student_ends, teacher_ends)]
+    docs = [
+        np.zeros(len(e), dtype=np.int64) if d is None else np.array(d)
+        for e, d in zip(ends, (student_docs, teacher_docs), strict=True)
+    ]
+    return position_map(ends[0], docs[0], ends[1], docs[1], np.array(closing, dtype=bool)).tolist()
 
 
-def test_position_map_teacher_token_covering_several_student_tokens():
-    assert position_map([(0, 2), (2, 4), (4, 6)], [(0, 6)]) == [None, None, 0]
-    assert position_map([(0, 2), (2, 4), (4, 6), (6, 7)], [(0, 1), (1, 6), (6, 7)]) == [0, 0, 1, 2]
+def test_position_map_needs_a_closing_teacher_token_ending_exactly_there():
+    assert pm([6], [2, 4, 6], [0, 0, 1]) == [2]  # a student token split across teacher tokens
+    assert pm([1, 6, 7], [2, 4, 6, 8], [1, 1, 1, 1]) == [-1, 2, -1]  # 1 and 7 end inside teacher tokens
+    assert pm([2, 4, 6], [6], [1]) == [-1, -1, 0]  # a teacher token covering several student tokens
+    assert pm([2, 4, 6], [2, 4, 6], [1, 0, 1]) == [0, -1, 2]  # 4 ends a teacher token but not a word
 
 
-def test_position_map_ties_empty_and_out_of_order_spans():
-    assert position_map([(0, 3)], [(0, 3), (3, 3), (3, 5)]) == [1]  # the last of the tokens ending there
-    assert position_map([(0, 3), (3, 3)], [(0, 2), (2, 3)]) == [1, 1]  # zero-width student token
-    assert position_map([], [(0, 1)]) == []
-    assert position_map([(0, 1), (1, 2)], []) == [None, None]
-    # token 2 ends by 4 but token 1 (which a causal teacher at 2 has read) ends at 6
-    assert position_map([(0, 4), (4, 6)], [(0, 2), (2, 6), (3, 4)]) == [0, 2]
-    assert position_map([(0, 4), (4, 9)], [(0, 1), (1, 5), (1, 2), (2, 3), (3, 4), (5, 9)]) == [0, 5]
+def test_position_map_ties_empty_and_documents():
+    assert pm([3], [3, 3, 5], [1, 1, 1]) == [1]  # the last of the tokens ending there
+    assert pm([3, 3], [2, 3], [1, 1]) == [1, 1]  # zero-width student token
+    assert pm([], [1], [1]) == []
+    assert pm([1, 2], [], []) == [-1, -1]
+    # student EOS at 4 ends document 0; a zero-width token (BOS) opens document 1 at the same byte: it never
+    # takes the teacher EOS of document 0, nor does anything of document 1 before its first teacher word ends
+    assert pm([3, 4, 4, 5, 6], [3, 4, 6], [1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 1]) == [0, 1, -1, -1, 2]
 
 
 def test_decode_with_offsets_keeps_byte_accounting_exact():
@@ -283,7 +329,7 @@ def test_slow_student_tokenizer_is_read_from_its_vocabulary(byte_level, tmp_path
 
 
 def test_documents_eos_and_sequence_ids(byte_level, sentencepiece):
-    docs = ['Hello  world, the café!', '中文 and 😀 ok', '☃  end\n']
+    docs = ['Hello  world, the café there!', '中文 and 😀 ok', '☃  end\n']
     s_eos = byte_level.eos_token_id
     row = [*encode(byte_level, docs[0]), s_eos, *encode(byte_level, docs[1]), s_eos, *encode(byte_level, docs[2])]
     bridge = TokenBridge(byte_level, sentencepiece, max_length=512)
@@ -300,16 +346,24 @@ def test_documents_eos_and_sequence_ids(byte_level, sentencepiece):
     assert [index[i] for i in eos_at] == [first, second]  # student EOS -> the teacher EOS placed for it
     assert [index[i - 1] for i in eos_at] == [first - 1, second - 1]  # the token before EOS: the doc's last token
     assert all(valid[i] and valid[i - 1] for i in eos_at)
+    # document 1 starts with 中文 (six byte tokens on both sides, one teacher word): only its last byte is aligned,
+    # its first bytes are not aligned with the teacher EOS of document 0
+    assert byte_level.convert_ids_to_tokens(row[eos_at[0] + 1 : eos_at[0] + 7]) == ['ä', '¸', 'Ń', 'æ', 'ĸ', 'ĩ']
+    assert valid[eos_at[0] + 1 : eos_at[0] + 7] == [False] * 5 + [True] and index[eos_at[0] + 6] == first + 6
     snowman = len(row) - len(encode(byte_level, docs[2]))  # ☃: three byte tokens on both sides
     assert byte_level.convert_ids_to_tokens(row[snowman : snowman + 3]) == ['â', 'ĺ', 'ĥ']
-    assert index[snowman : snowman + 3] == [second, second, second + 3]  # the teacher's bytes end with the char
+    assert valid[snowman : snowman + 3] == [False, False, True] and index[snowman + 2] == second + 3
+    # ' world' ends where the teacher's '▁world' does, but the teacher's word is '▁world,': not aligned
+    world = byte_level.convert_ids_to_tokens(row).index('Ġworld')
+    assert sentencepiece.convert_ids_to_tokens(ids[2:4]) == ['▁world', ','] and ref['teacher_ends'][2] == 12
+    assert ref['student_ends'][world] == 12 and not valid[world]
     # both directions of granularity occur and were checked against the reference above
     t_ends, s_ends = ref['teacher_ends'], ref['student_ends']
     split = [i for i in range(1, len(s_ends)) if sum(s_ends[i - 1] < e < s_ends[i] for e in t_ends) >= 1]
     merged = [j for j in range(1, len(t_ends)) if sum(t_ends[j - 1] < e < t_ends[j] for e in s_ends) >= 1]
     assert split and merged
-    for j in merged:  # student tokens ending inside teacher token j map before it
-        assert all(index[i] < j for i, e in enumerate(s_ends) if t_ends[j - 1] < e < t_ends[j] and valid[i])
+    for j in merged:  # student tokens ending inside teacher token j are not aligned
+        assert not any(valid[i] for i, e in enumerate(s_ends) if t_ends[j - 1] < e < t_ends[j])
 
 
 def test_teacher_eos_text_is_not_an_eos(byte_level, sentencepiece):
@@ -333,11 +387,12 @@ def test_rows_that_start_and_end_mid_character(byte_level, sentencepiece):
     out = bridge(torch.tensor([row]))
     index, valid = out['teacher_index'][0].tolist(), out['teacher_valid'][0].tolist()
     teacher = sentencepiece.convert_ids_to_tokens(out['teacher_input_ids'][0].tolist())
-    assert teacher[:6] == ['<0xEF>', '<0xBF>', '<0xBD>'] * 2  # U+FFFD twice, by bytes
-    assert index[:2] == [2, 5] and valid[:2] == [True, True]  # each lone byte <-> its own U+FFFD
+    assert teacher[:9] == ['<0xEF>', '<0xBF>', '<0xBD>'] * 2 + ['<0xE6>', '<0x96>', '<0x87>']  # U+FFFD twice, 文
+    # the lone bytes b8 ad, then 文 (e6 96 87), are one teacher word: aligned once it ends
+    assert valid[:5] == [False] * 4 + [True] and index[4] == 8
     # the row ends e5 | ad: after e5 the teacher's last U+FFFD (holding both) must not be used yet
     assert teacher[-3:] == ['<0xEF>', '<0xBF>', '<0xBD>']
-    assert index[-1] == len(teacher) - 1 and index[-2] == len(teacher) - 4
+    assert index[-1] == len(teacher) - 1 and valid[-1] and not valid[-2]
 
 
 def test_prefix_space_tokenizer_drops_the_dummy_space_after_eos(byte_level):
@@ -363,6 +418,58 @@ def test_truncation_at_max_length_invalidates_later_positions(byte_level, senten
     keep = full['teacher_valid'] & (full['teacher_index'] < 5)
     assert torch.equal(cut['teacher_valid'], keep) and keep.any() and (full['teacher_valid'] & ~keep).any()
     assert torch.equal(cut['teacher_index'], torch.where(keep, full['teacher_index'], 0))
+
+
+def test_a_documents_first_positions_never_align_with_the_previous_eos(one_byte, byte_level):
+    """Issue 25.1: in ``ab<eos>Hello`` the student's H, e, l, l were aligned with the teacher's EOS (document 0)."""
+    row = [*encode(one_byte, 'ab'), one_byte.eos_token_id, *encode(one_byte, 'Hello')]
+    hello = encode(byte_level, 'Hello')
+    assert len(hello) == 1  # the teacher reads Hello as one token
+    bridge = TokenBridge(one_byte, byte_level, max_length=64)
+    check_batch(bridge, [row], one_byte, byte_level)
+    out = bridge(torch.tensor([row]))
+    teacher = out['teacher_input_ids'][0].tolist()
+    eos = teacher.index(byte_level.eos_token_id)
+    assert teacher[eos + 1 :] == hello
+    valid, index = out['teacher_valid'][0].tolist(), out['teacher_index'][0].tolist()
+    assert valid[2] and index[2] == eos  # the student EOS <-> the teacher EOS
+    assert valid[3:] == [False] * 4 + [True] and index[-1] == eos + 1  # H e l l: nothing yet; o: Hello
+
+
+def aligned_prefixes(bridge: TokenBridge, row: list[int]) -> list[tuple[int, list[int]] | None]:
+    """Per student position: its teacher position and the teacher ids up to it, or None where not aligned."""
+    (aligned,) = bridge.align([row])
+    return [None if j < 0 else (int(j), aligned.teacher_ids[: j + 1].tolist()) for j in aligned.teacher_index]
+
+
+def test_the_issue_example_a_the_cat_and_a_there(one_byte, byte_level):
+    """Issue 25.2: 'a the cat' and 'a there' share the student prefix 'a the', and the teacher reads
+    ' there' as one token: the teacher prefix aligned with 'a the' must not depend on what follows."""
+    assert byte_level.convert_ids_to_tokens(encode(byte_level, 'a there')) == ['a', 'Ġthere']
+    bridge = TokenBridge(one_byte, byte_level, max_length=64)
+    cat, there = (aligned_prefixes(bridge, encode(one_byte, text)) for text in ('a the cat', 'a there'))
+    assert cat[4] == (1, encode(byte_level, 'a the'))  # ' the' ends a teacher word here
+    assert there[4] is None  # ... and not here: the teacher's ' there' continues (no longer 'a' alone)
+
+
+@pytest.mark.parametrize('pair', ['one_byte->byte_level', 'byte_level->sentencepiece', 'sentencepiece->byte_level'])
+def test_a_student_prefix_decides_its_teacher_prefix(pair: str, request: pytest.FixtureRequest):
+    """Rows that share their first student tokens and then differ: every position of the shared part that is
+    aligned in both gets the same teacher position and the same teacher ids up to it."""
+    student, teacher = (request.getfixturevalue(name) for name in pair.split('->'))
+    bridge = TokenBridge(student, teacher, max_length=4096)
+    rng, eos, compared = random.Random(3), student.eos_token_id, 0
+    for _ in range(80):
+        first = [*encode(student, random_text(rng)), eos, *encode(student, random_text(rng))]
+        cut = rng.randint(1, len(first))
+        tail = rng.choice(['re', "'s", 'e', '  ', '\n\n', '1', ' cat', '.', '中', '']) + random_text(rng)
+        second = first[:cut] + encode(student, tail)
+        left, right = aligned_prefixes(bridge, first), aligned_prefixes(bridge, second)
+        for i in range(cut):
+            if left[i] is not None and right[i] is not None:
+                assert left[i] == right[i], (student.decode(first[: i + 1]), student.decode(second[cut:]))
+                compared += 1
+    assert compared > 200
 
 
 # Property test ---------------------------------------------------------------------------------
@@ -466,6 +573,10 @@ def test_bad_tokenizers_are_refused_with_the_key(byte_level, sentencepiece, tmp_
     with pytest.raises(ValueError, match=r'algorithms\.let\.cross_tokenizer: cannot map the student tokenizer'):
         TokenBridge(lossy, byte_level, max_length=64)
 
+    whole = sentencepiece_style(TRAIN_TEXTS, split=False)  # BPE over the whole text: no word boundaries
+    with pytest.raises(ValueError, match=r'cross_tokenizer: the teacher tokenizer .* does not split text into words'):
+        TokenBridge(byte_level, whole, max_length=64)
+
     with pytest.raises(ValueError, match=r'algorithms\.let\.cross_tokenizer: max_length=0'):
         TokenBridge(byte_level, sentencepiece, max_length=0)
     with pytest.raises(ValueError, match=r'algorithms\.let\.cross_tokenizer: token id 100000'):
@@ -488,3 +599,21 @@ def test_bridged_collate_pickles_and_adds_the_keys(byte_level, sentencepiece):
         assert torch.equal(batch[f'let_{key}'], expected[key]), key
     assert batch['let_teacher_valid'].dtype == torch.bool and batch['let_teacher_index'].dtype == torch.long
     assert sentencepiece.eos_token_id not in batch['let_teacher_input_ids'][0].tolist()  # '</s>' stays text
+
+
+def test_a_released_collate_passes_batches_through_in_running_workers(byte_level, sentencepiece):
+    """Issue 25.4: the iterators made before the release, and their worker processes, stop re-tokenizing too."""
+    from torch.utils.data import DataLoader
+
+    texts = ('the quick brown fox, again', 'Hello there, world! 12:30', 'def main(argv): return')
+    rows = [encode(byte_level, text)[:6] for text in texts]
+    samples = [{'input_ids': torch.tensor(r)} for r in rows] * 8
+    collate = BridgedCollate(stack_collate, TokenBridge(byte_level, sentencepiece, max_length=64))
+    loader = DataLoader(samples, batch_size=2, num_workers=2, prefetch_factor=1, collate_fn=collate)
+    batches = iter(loader)  # the workers start now, each with its own copy of the collate
+    assert 'let_teacher_index' in next(batches)
+    collate.release()
+    later = list(batches)
+    assert len(later) == 11
+    assert not any(key.startswith('let_') for batch in later[2:] for key in batch)  # 2: requested before
+    assert pickle.loads(pickle.dumps(collate)).released  # a copy keeps the flag as it was

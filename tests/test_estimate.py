@@ -345,3 +345,63 @@ def test_stop_in_other_units_and_memory_per_rank(estimate: ModuleType) -> None:
     assert memory({'sharding_strategy': 'HYBRID_SHARD'}, 64)['shards'] == 8
     assert memory(None, 64)['weights_per_rank'] == 4_000_000  # DDP: a full fp32 copy per rank
     assert memory({}, 8, master_weights_dtype='bf16')['training_state_per_rank'] == 8 * 1_000_000 // 8
+
+
+def test_zero2_holds_the_full_weights_from_forward_to_backward(estimate: ModuleType) -> None:
+    """SHARD_GRAD_OP shards grads and optimizer state but keeps every weight gathered until the backward."""
+    from types import SimpleNamespace
+
+    def memory(fsdp: dict, precision: str = 'amp_bf16') -> dict[str, Any]:
+        cfg = SimpleNamespace(fsdp_config=fsdp, model={}, optimizer={'name': 'decoupled_adamw'}, precision=precision)
+        return estimate.student_memory(1_000_000, cfg, 64, 8)
+
+    sharded = 16_000_000 // 64  # fp32 weights, grads and AdamW's two states, split over 64 ranks
+    assert memory({'sharding_strategy': 'FULL_SHARD'})['training_state_per_rank'] == sharded
+    zero2 = memory({'sharding_strategy': 'SHARD_GRAD_OP', 'mixed_precision': 'PURE'})
+    assert zero2['gathered_weights_per_rank'] == 2_000_000  # every bf16 weight, on every rank
+    assert zero2['training_state_per_rank'] == sharded + 2_000_000
+    full = memory({'sharding_strategy': 'SHARD_GRAD_OP', 'mixed_precision': 'FULL'})
+    assert full['training_state_per_rank'] == sharded + 4_000_000  # gathered in fp32
+    assert memory({'sharding_strategy': '_HYBRID_SHARD_ZERO2'})['gathered_weights_per_rank'] == 2_000_000
+
+
+def test_cross_tokenizer_teacher_runs_its_own_tokens_up_to_its_layer(
+    estimate: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """M2E across tokenizers: the teacher runs to block 14 only (no final block, no LM head: the run measures no
+    CEs across tokenizers), on its own tokens per row: max_seq_len x its tokens per student token on a sample."""
+    from composer_let.prep.tiny import build_tokenizer, stdlib_texts
+
+    texts = stdlib_texts(300_000)
+    student = build_tokenizer(tmp_path / 'student', texts, vocab_size=512)
+    teacher = build_tokenizer(tmp_path / 'teacher', texts, vocab_size=2048)  # a larger BPE: fewer tokens
+    (tmp_path / 'teacher' / 'config.json').write_text(json.dumps(SMOLLM2_135M), encoding='utf-8')
+    sample = tmp_path / 'sample.txt'
+    sample.write_text(texts[-1][:20_000], encoding='utf-8')
+    args = [
+        str(GPU_YAMLS / 'mpt1b-let-smollm2.yaml'),
+        f'variables.teacher={tmp_path / "teacher"}',
+        f'tokenizer.name={tmp_path / "student"}',
+        'algorithms.let.strategy=M2E',
+        'algorithms.let.cross_tokenizer=true',
+        '--sample-text',
+        str(sample),
+    ]
+    report = estimate.main(args)
+    [row] = report['teachers']
+    assert row['layers_run'] == [14] and row['head_positions_per_microbatch'] == 0
+    text = sample.read_text(encoding='utf-8')
+    ratio = len(teacher.encode(text, add_special_tokens=False)) / len(student.encode(text, add_special_tokens=False))
+    batch, seq = report['flops']['microbatch']
+    length = math.ceil(seq * ratio)
+    assert row['sequence_length'] == length and 0.3 * seq < length < seq
+    config = SMOLLM2_135M
+    _, non_embedding = llama_params(config)
+    block = (non_embedding - config['hidden_size']) // config['num_hidden_layers']  # one block's weights
+    by_hand = forward_flops(15 * block, 15, attention_width(config), batch, length)  # blocks 0-14, no head
+    assert report['flops']['teacher_forward'] == pytest.approx(by_hand, rel=1e-3)
+    assert f'{length} per row of {seq}' in capsys.readouterr().out
+    # Without --sample-text: the pydoc topics of this Python, and it says so.
+    notes: list[str] = []
+    assert estimate.teacher_lengths(report['wiring'], student, seq, None, notes)['let'] < seq
+    assert 'pydoc topics' in notes[0]

@@ -148,3 +148,34 @@ def test_variants_train(train, setting: str) -> None:
         in_optimizer = {id(p) for g in trainer.state.optimizers[0].param_groups for p in g['params']}
         assert id(projection.weight) in in_optimizer
         assert 'let_projection.weight' in trainer.state.model.state_dict()
+
+
+class ReentrantCheckpoint(Callback):
+    """At INIT, wraps student block 1 in torch's reentrant activation checkpointing (what Composer's FSDP gives
+    with ``activation_checkpointing_reentrant: true``), and counts the optimizer steps taken."""
+
+    steps = 0
+
+    def init(self, state: State, logger: Logger) -> None:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+
+        layers = state.model.model.model.layers
+        layers[1] = checkpoint_wrapper(layers[1], checkpoint_impl=CheckpointImpl.REENTRANT)
+
+    def after_train_batch(self, state: State, logger: Logger) -> None:
+        ReentrantCheckpoint.steps += 1
+
+
+def test_a_module_inside_a_reentrant_checkpoint_is_refused_before_any_step(train) -> None:
+    """Its output has no gradient (the checkpoint's forward runs without autograd): λ·align would be a constant."""
+    registry.callbacks.register('let_reentrant_checkpoint', func=ReentrantCheckpoint)
+    run = ('max_duration=2ba', 'algorithms.let.stop=2ba', 'callbacks={let_reentrant_checkpoint: {}}')
+    ReentrantCheckpoint.steps = 0
+    with pytest.raises(ValueError, match=r'algorithms\.let\.student_module=model\.model\.layers\.1\.mlp') as error:
+        train('llama-let', *run, 'algorithms.let.student_module=model.model.layers.1.mlp')
+    assert ReentrantCheckpoint.steps == 0  # raised in the first microbatch, before the optimizer stepped
+    message = str(error.value)
+    assert 'student_module: model.model.layers.1' in message and 'activation_checkpointing_reentrant: false' in message
+    # The fix the error names: hook the checkpointed block itself (its wrapper's output carries the gradient).
+    trainer = train('llama-let', *run, 'algorithms.let.student_module=model.model.layers.1')
+    assert len(values(trainer, 'let/grad_ratio')) == 2 and all(r > 0 for r in values(trainer, 'let/grad_ratio'))

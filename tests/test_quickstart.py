@@ -59,6 +59,7 @@ def test_smoke_run_writes_plot_table_and_records(
     from transformers import AutoModelForCausalLM
 
     for arm in ('baseline', 'let'):  # the final students, saved by the YAMLs' hf_checkpointer
+        assert summary['students'][arm] == f'out/{arm}/checkpoints/huggingface/final'  # no machine's path
         student = AutoModelForCausalLM.from_pretrained(summary['students'][arm])
         assert sum(p.numel() for p in student.parameters()) == baseline['parameters']
     if ICL.is_dir():

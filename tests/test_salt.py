@@ -56,7 +56,7 @@ def test_constructor_refuses_bad_input() -> None:
 
 
 class TeacherSpy(Callback):
-    """After every batch: which teacher runner each algorithm holds, and how many forwards it ran."""
+    """After every batch: the teacher runner each algorithm holds, the forwards and the layers it runs."""
 
     seen: ClassVar[list[dict]] = []
 
@@ -65,11 +65,13 @@ class TeacherSpy(Callback):
 
         runners = {type(a).__name__: a._runner for a in state.algorithms if isinstance(a, (LET, SALT))}
         salt = runners.get('SALT')
+        live = next((r for r in runners.values() if r is not None), None)
         TeacherSpy.seen.append(
             {
                 'ids': {name: None if r is None else id(r) for name, r in runners.items()},
                 'forwards': None if salt is None else salt.forwards,
                 'model': None if salt is None else weakref.ref(salt.model),
+                'layers': None if live is None else sorted(live.layers),
             },
         )
 
@@ -131,6 +133,26 @@ def test_let_and_salt_share_one_teacher_forward_per_microbatch(train, spy) -> No
     assert weights == [0.5] * 3 + [0.0] * 3 and len(kd) == len(align) == 3
     for w, lam, k, a, c, t in zip(weights[:3], lambdas[:3], kd, align, ce, total[:3], strict=True):
         assert t == pytest.approx((1 - w) * c + w * k + lam * a, rel=1e-5)
+
+
+@pytest.mark.parametrize('first', ['let', 'salt'])
+def test_the_first_to_stop_withdraws_its_layer_from_the_shared_teacher(train, spy, first: str) -> None:
+    """LET on teacher block 0 (no CEs) and SALT on the final block (1) share one runner; once one stops, the
+    other's forwards no longer compute (nor copy) its layer."""
+    stops = {'let': 2, 'salt': 4} if first == 'let' else {'let': 4, 'salt': 2}
+    train(
+        'llama-let-salt',
+        'algorithms.let.teacher_layer=0',
+        'algorithms.let.ce_tokens=0',
+        f'algorithms.let.stop={stops["let"]}ba',
+        f'algorithms.salt.stop={stops["salt"]}ba',
+        'max_duration=4ba',
+        'eval_interval=4ba',
+        'eval_subset_num_batches=1',
+        'callbacks={salt_teacher_spy: {}}',
+    )
+    kept = [1] if first == 'let' else [0]
+    assert [s['layers'] for s in spy.seen] == [[0, 1], [0, 1], kept, kept]
 
 
 def test_resume_is_exact_and_the_teacher_stays_out_of_checkpoints(train, tmp_path: Path) -> None:

@@ -485,6 +485,15 @@ def prepare_assets(args: argparse.Namespace, plan: Plan) -> tuple[Path, Path]:
     return teacher, data
 
 
+def shown(path: Path | str) -> str:
+    """``path`` relative to the working directory (the checkout, under scripts/quickstart.sh) when inside it, else
+    as given: summaries are shared and committed (bench/reported/quickstart), not tied to one machine's paths."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def count_parameters(folder: Path) -> int | None:
     """Parameters in a Hugging Face folder's safetensors files (read from their headers)."""
     from safetensors import safe_open
@@ -552,8 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     print('[quickstart] plot and summary', flush=True)
     summary['seconds'] = {'assets': prepared - started, 'total': time.perf_counter() - started}
     summary['load_average'] = {'start': load_at_start, 'end': os.getloadavg()[0]}
-    summary['teacher'], summary['data'] = str(teacher), str(data)
-    summary['students'] = {arm: records[arm]['student'] for arm in ARMS}
+    summary['teacher'], summary['data'] = shown(teacher), shown(data)
+    summary['students'] = {arm: shown(records[arm]['student']) for arm in ARMS}
     plot(records['baseline'], records['let'], plan, out / 'loss.png')
     (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
     table = summary_markdown(summary)
