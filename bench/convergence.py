@@ -115,6 +115,11 @@ CROSS_VOCAB = 4096  # the other tokenizer of --cross-teacher: a byte-level BPE w
 # strength: relative's controller. 2: with the log-residual feedback (2026-12-03); runs of the
 # feed-forward-only controller (1, unmarked) are not the same experiment and are not imported.
 RELATIVE_CONTROLLER = 2
+# Cross-tokenizer LET runs. 2 (2026-12-03): the target built with its own tokenizer and the sound
+# position map (aligned only where a student token ends a teacher word). Before, the target was built
+# from the teacher's folder (its 4,096-token embedding and tokenizer, so LET found the tokenizers equal
+# and the teacher read the student's ids as its own): those runs are not imported.
+CROSS_TOKENIZER_RUNS = 2
 LET_DEFAULTS = {'strategy': 'L2E', 'lambda0': 0.1, 'stop': '0.25dur', 'teacher_dtype': 'fp32'}
 SALT_DEFAULTS = {'stop': '0.25dur', 'teacher_dtype': 'fp32'}
 SMOKE = {
@@ -459,6 +464,8 @@ def run_key(arm: dict, seed: int, plan: dict, teacher: dict) -> str:
         ident['teacher'] = teacher['folder']
     if is_relative(arm):
         ident['relative_controller'] = RELATIVE_CONTROLLER
+    if arm['let'] and plan.get('cross_tokenizer'):
+        ident['cross_tokenizer'] = CROSS_TOKENIZER_RUNS
     return signature(ident)
 
 
@@ -478,6 +485,8 @@ def cached_run(arm: dict, seed: int, plan: dict, teacher: dict, path: Path) -> d
             print(f'convergence: {plan["name"]} {arm["name"]} seed {seed} ...', flush=True)
             record = in_subprocess(target_job(arm, seed, plan, teacher), path.with_suffix('.tmp.json'))
             marks = {'relative_controller': RELATIVE_CONTROLLER} if is_relative(arm) else {}
+            if arm['let'] and plan.get('cross_tokenizer'):
+                marks['cross_tokenizer'] = CROSS_TOKENIZER_RUNS
             write_json(path, {'arm': arm, 'seed': seed, 'plan': plan['name'], **marks, **record})
             path.with_suffix('.tmp.json').unlink(missing_ok=True)
             print(f'  {arm["name"]} seed {seed}: final eval loss {record["final_loss"]:.4f}', flush=True)
@@ -539,6 +548,8 @@ def import_reported(report_file: Path, cache: Path, runs_dir: Path) -> int:
     for run in reported['runs']:
         if is_relative(run['arm']) and run.get('relative_controller') != RELATIVE_CONTROLLER:
             continue  # made by an earlier strength: relative controller
+        if run['arm']['let'] and plan['cross_tokenizer'] and run.get('cross_tokenizer') != CROSS_TOKENIZER_RUNS:
+            continue  # made before the cross-tokenizer fixes
         path = run_path(runs_dir, run['arm'], run['seed'], plan, teacher)
         if not path.exists():
             write_json(path, {'plan': plan['name'], **run, 'imported_from': str(report_file), 'teacher_gap': gap})
@@ -655,6 +666,8 @@ def make_plan(
         teacher_plan = {**plan, 'corpus': prepare_corpus({**corpus_cfg, 'vocab': CROSS_VOCAB}, cache)}
     plan['teacher'] = prepare_teacher(teacher_kind, teacher_size, teacher_plan, cache, train=train_teacher)
     plan['cross_tokenizer'] = cross_teacher
+    if cross_teacher:  # the target keeps its own tokenizer (before 2026-12-03 it was built from the teacher's folder)
+        plan['target_init'] = prepare_target_init(plan, cache)
     return plan
 
 
