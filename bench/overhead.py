@@ -119,8 +119,8 @@ def _baton_callback() -> type:
             facts['student_fwd_bwd_flops'] = count_flops(student_step)
             model.zero_grad(set_to_none=True)
             let = next((a for a in state.algorithms if isinstance(a, LET)), None)
-            if let is not None and let._runner is not None:
-                runner = let._runner
+            if let is not None and let.guidance is not None:
+                runner = let.guidance.runner
                 with torch.no_grad():
                     facts['teacher_fwd_flops'] = count_flops(
                         lambda: runner.backbone(input_ids=batch['input_ids'], use_cache=False)

@@ -60,3 +60,53 @@ def teacher_id(section: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f'{section}.teacher is required: a Hugging Face hub id or a local model folder.')
     return value
+
+
+def strength(
+    section: str, kind: Any, lambda0: Any, grad_ratio: Any, default_lambda0: float
+) -> tuple[str, float | None, float | None]:
+    """``(strength, λ0, grad_ratio)``: ``absolute`` takes ``lambda0`` (default ``default_lambda0``), ``relative``
+    takes ``grad_ratio`` (required, > 0); the other key is refused."""
+    kind = choice(section, 'strength', kind, ('absolute', 'relative'))
+    if kind == 'absolute':
+        if grad_ratio is not None:
+            raise ValueError(
+                f'{section}.grad_ratio is the target of strength: relative, but strength is absolute. Set '
+                f'strength: relative to use grad_ratio, or drop grad_ratio and set lambda0.',
+            )
+        lambda0 = default_lambda0 if lambda0 is None else lambda0
+        return kind, number(section, 'lambda0', lambda0, 0.0, hint='(the paper uses 0.1)'), None
+    if lambda0 is not None:
+        raise ValueError(
+            f'{section}.lambda0 is the weight of strength: absolute, but strength is relative. Set the '
+            f'target with {section}.grad_ratio (e.g. 0.1) and drop lambda0.',
+        )
+    if grad_ratio is None:
+        raise ValueError(f'{section}.strength=relative needs {section}.grad_ratio, e.g. grad_ratio: 0.1.')
+    hint = "(a share of the rest of the loss's gradient, e.g. 0.1)"
+    return kind, None, number(section, 'grad_ratio', grad_ratio, 0.0, low_open=True, hint=hint)
+
+
+def stop(
+    section: str, value: Any, stop_max: Any, stop_horizon: Any, default_max: str, default_horizon: float
+) -> tuple[bool, Any, float]:
+    """``(auto, S_stop as a Composer Time, horizon)``. With ``stop: auto`` the schedule runs to ``stop_max``;
+    ``stop_max`` and ``stop_horizon`` without it are refused."""
+    from composer_let.timing import parse_stop
+
+    auto = isinstance(value, str) and value.strip() == 'auto'
+    if auto:
+        parsed = parse_stop(default_max if stop_max is None else stop_max, key=f'{section}.stop_max')
+    else:
+        parsed = parse_stop(value, key=f'{section}.stop', extra='or auto')
+    for key in (k for k, v in {'stop_max': stop_max, 'stop_horizon': stop_horizon}.items() if v is not None):
+        if not auto:
+            raise ValueError(f'{section}.{key} applies only with stop: auto; set stop: auto or drop {key}.')
+    horizon = number(
+        section,
+        'stop_horizon',
+        default_horizon if stop_horizon is None else stop_horizon,
+        0.0,
+        hint='(in multiples of the batches trained so far; 0: stop once the student has passed its teacher)',
+    )
+    return auto, parsed, horizon

@@ -327,7 +327,7 @@ def count_flops(run: Callable[[], Any]) -> int:
 def student_step_flops(model: nn.Module, batch_size: int, seq_len: int) -> dict[str, int]:
     """Forward FLOPs of the student on one microbatch, counted on fake tensors (its meta weights become fakes),
     and forward+backward = 3 x forward: every matmul has two gradient matmuls of its size (all weights train)."""
-    from composer_let.algorithm import output_logits
+    from composer_let.guidance import output_logits
     from composer_let.teacher import shapes_only
 
     with shapes_only():  # one fake mode for the weights and the inputs
@@ -490,8 +490,8 @@ def teacher_row(entry: dict[str, Any], batch_size: int) -> dict[str, Any]:
 
 def student_flops(model: nn.Module, params: dict[str, int], batch_size: int, seq_len: int) -> dict[str, Any]:
     """The student's FLOPs on one microbatch: counted on fake tensors, with the analytic formula beside them."""
-    from composer_let.algorithm import student_hidden_size
     from composer_let.layers import find_block_list
+    from composer_let.wiring import student_hidden_size
 
     width = student_hidden_size(model)
     try:
@@ -522,9 +522,9 @@ def teacher_lengths(
     """The teacher's tokens per row, by algorithm: ``max_seq_len``, or with ``let``'s ``cross_tokenizer`` the
     teacher's own count of the row's text, estimated as ``max_seq_len`` x (teacher tokens / student tokens) on a
     sample text (``sample_text``, a file; default: the pydoc topics of this Python), within the teacher's context."""
-    from composer_let.algorithm import CROSS_TOKENIZER_MAX_LENGTH
     from composer_let.prep.teacher_prep import default_check_text
     from composer_let.teacher import load_teacher_config, load_teacher_tokenizer
+    from composer_let.wiring import CROSS_TOKENIZER_MAX_LENGTH
 
     lengths = {name: seq_len for name in wiring}
     wired = wiring.get('let')

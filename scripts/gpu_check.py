@@ -326,12 +326,12 @@ def baton() -> type:
         def fit_start(self, state: State, logger: Logger) -> None:
             self.facts.update(self._first_batch_facts(state))
             let = let_of(state)
-            if let is not None and let._runner is not None:  # loaded by LET at this event, before callbacks
-                model = let._runner.model
+            if let is not None and let.guidance is not None:  # loaded by LET at this event, before callbacks
+                model = let.guidance.runner.model
                 self.teacher = weakref.ref(model)
                 self.facts['teacher_params'] = sum(p.numel() for p in model.parameters())
                 self.facts['teacher_mb'] = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-                let._runner.backbone = TimedBackbone(let._runner.backbone, self.spans, cuda)
+                let.guidance.runner.backbone = TimedBackbone(let.guidance.runner.backbone, self.spans, cuda)
 
         def batch_end(self, state: State, logger: Logger) -> None:
             if cuda:

@@ -132,3 +132,12 @@ def let_of(trainer):
     from composer_let import LET
 
     return next(a for a in trainer.state.algorithms if isinstance(a, LET))
+
+
+def runner_of(algorithm):
+    """The teacher runner an algorithm holds now (None when idle): LET's active phase, or SALT's own."""
+    from composer_let import LET
+
+    if isinstance(algorithm, LET):
+        return None if algorithm.guidance is None else algorithm.guidance.runner
+    return algorithm._runner

@@ -132,7 +132,7 @@ def main(out_dir: str, yaml_path: str, overrides: list[str]) -> None:
         'metrics': {k: [float(v) for _, v in memory.data.get(k, [])] for k in METRICS},
         'param_names': [n for n, _ in model.named_parameters()],
         'model_class': type(model).__name__,
-        'block_class': type(find_module(model, let._student_path)).__name__,
+        'block_class': type(find_module(model, let.wiring.student_path)).__name__,
         'projection': _projection(model),
         'active_at_end': let.active,
         **_events,

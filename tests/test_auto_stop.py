@@ -44,7 +44,7 @@ def test_auto_stop_fires_on_a_teacher_worse_than_the_student_and_frees_it(train,
     assert lambdas[:11] == pytest.approx([0.1 * (1 - s / 20) for s in range(11)])
     assert lambdas[11:] == [0.0] * 13
     let = let_of(trainer)
-    assert not let.active and let._runner is None and let.autostop.fired_by == 'ce'
+    assert not let.active and let.guidance is None and let.autostop.fired_by == 'ce'
     assert len(values(trainer, 'loss/train/let_align')) == 11  # no alignment term once released
     assert len(values(trainer, 'let/stop_signal')) == 10  # logged until the decision
 
@@ -66,7 +66,7 @@ def test_resume_across_the_auto_stop_decision_is_exact(train, bad_teacher, tmp_p
     for key in keys:
         assert values(before, key) == reference[key][6:], key  # exact
     after = train('mpt-let', *job, f'save_folder={tmp_path}/b', f'load_path={tmp_path}/full/ep0-ba12-rank0.pt')
-    assert let_of(after)._runner is None and values(after, 'let/lambda') == [0.0] * 12
+    assert let_of(after).guidance is None and values(after, 'let/lambda') == [0.0] * 12
     assert values(after, 'loss/train/total') == reference['loss/train/total'][12:]
 
 

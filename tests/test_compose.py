@@ -72,8 +72,8 @@ class TeacherInputs(Callback):
     def before_forward(self, state: State, logger: Logger) -> None:
         let = next(a for a in state.algorithms if isinstance(a, LET))
         input_ids = state.batch['input_ids']
-        assert let._runner._cache_key[0] is input_ids  # the very tensor SeqLengthWarmup produced
-        assert let._teacher_hidden.shape[:2] == input_ids.shape
+        assert let.guidance.runner._cache_key[0] is input_ids  # the very tensor SeqLengthWarmup produced
+        assert let.guidance.teacher_hidden.shape[:2] == input_ids.shape
         self.lengths.append(input_ids.shape[1])
 
 
@@ -137,7 +137,7 @@ def test_seq_length_warmup_feeds_the_teacher_the_truncated_ids(assets) -> None:
     assert probe.lengths == [16, 32, 48, 64, 64, 64]
     cosines = values(trainer, 'let/cosine')
     assert len(cosines) == 6 and all(math.isfinite(c) for c in cosines)
-    assert let_of(trainer)._runner is None  # released at FIT_END
+    assert let_of(trainer).guidance is None  # released at FIT_END
     trainer.close()
 
 

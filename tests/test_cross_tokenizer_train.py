@@ -44,10 +44,10 @@ class CrossSeen(Callback):
 
     def after_forward(self, state: State, logger: Logger) -> None:
         let = next(a for a in state.algorithms if isinstance(a, LET))
-        if not CrossSeen.first and let._teacher_hidden is not None:
+        if not CrossSeen.first and let.guidance is not None and let.guidance.teacher_hidden is not None:
             CrossSeen.first = {
-                'hidden': let._teacher_hidden.detach().clone(),
-                'mask': let._align_mask.clone(),  # type: ignore[union-attr]
+                'hidden': let.guidance.teacher_hidden.detach().clone(),
+                'mask': let.guidance.align_mask.clone(),  # type: ignore[union-attr]
                 'input_ids': state.batch['input_ids'].clone(),
             }
 
@@ -129,7 +129,7 @@ def check_alignment(trainer: Any, teacher_folder: Path, packed: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     let, seen = let_of(trainer), CrossSeen.first
-    assert let._packed is packed and let._teacher_layer_index == 1  # L2E, 2-block teacher: its final state
+    assert let.wiring.packed is packed and let.wiring.teacher_layer == 1  # L2E, 2-block teacher: its final state
     model = AutoModelForCausalLM.from_pretrained(teacher_folder, torch_dtype=torch.float32).eval()
     teacher = AutoTokenizer.from_pretrained(teacher_folder)
     student = trainer.state.model.tokenizer

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import torch
 
-import composer_let.algorithm
+import composer_let.guidance
 
 from conftest import ROOT, SEQ_LEN, VOCAB, composer_two_processes, in_memory, yaml_path
 
@@ -255,8 +255,8 @@ def test_gradient_accumulation_runs_the_teacher_per_microbatch(train, monkeypatc
         runners.append(acquire(*args, **kwargs))
         return runners[-1]
 
-    acquire = composer_let.algorithm.start_teacher
-    monkeypatch.setattr(composer_let.algorithm, 'start_teacher', spy)
+    acquire = composer_let.guidance.start_teacher
+    monkeypatch.setattr(composer_let.guidance, 'start_teacher', spy)
     run = ('max_duration=3ba', 'algorithms.let.stop=2ba', 'eval_interval=3ba', 'algorithms.let.teacher_dtype=bf16')
     whole = train('mpt-let', *run)
     split = train('mpt-let', *run, 'device_train_microbatch_size=1')

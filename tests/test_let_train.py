@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from composer_let import LET
 
-from conftest import in_memory, let_of
+from conftest import in_memory, let_of, runner_of
 
 
 def values(trainer, key: str) -> list[float]:
@@ -35,7 +35,7 @@ class TeacherProbe(Callback):
         cls.ref, cls.runner, cls.keep = None, None, keep
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        runner = next(a for a in state.algorithms if isinstance(a, LET))._runner
+        runner = runner_of(next(a for a in state.algorithms if isinstance(a, LET)))
         if runner is not None:
             TeacherProbe.ref = weakref.ref(runner.model)
             if TeacherProbe.keep:
@@ -67,7 +67,7 @@ def test_student_trains_with_let(train, assets, tmp_path: Path, student: str) ->
     # The frozen teacher is untouched, off the model, out of the optimizer and out of the checkpoint.
     runner = TeacherProbe.runner
     assert runner is not None and runner.forwards >= 6
-    assert let_of(trainer)._runner is None  # released at FIT_END
+    assert let_of(trainer).guidance is None  # released at FIT_END
     fresh = AutoModelForCausalLM.from_pretrained(assets['teacher'], torch_dtype=torch.float32).state_dict()
     for name, tensor in runner.model.state_dict().items():
         assert torch.equal(tensor, fresh[name]), name
@@ -86,7 +86,7 @@ def test_lambda_reaches_zero_and_teacher_is_released(train) -> None:
     assert values(trainer, 'let/lambda') == pytest.approx([0.1, 0.05, 0.0, 0.0])
     assert len(values(trainer, 'loss/train/let_align')) == 2  # no alignment term once λ is 0
     let = let_of(trainer)
-    assert not let.active and let._runner is None and let._capture is None
+    assert not let.active and let.guidance is None
     assert TeacherProbe.ref is not None
     gc.collect()
     assert TeacherProbe.ref() is None  # nothing holds the teacher's weights any more
@@ -134,7 +134,7 @@ def test_alignment_gradient_reaches_blocks_up_to_k_only(train) -> None:
 def test_layer_choice(train, overrides, student_block: str, teacher_block: int) -> None:
     trainer = train('mpt-let', 'max_duration=1ba', *overrides)
     let = let_of(trainer)
-    assert let._student_path == student_block and let._teacher_layer_index == teacher_block
+    assert let.wiring.student_path == student_block and let.wiring.teacher_layer == teacher_block
     assert len(values(trainer, 'loss/train/let_align')) == 1
 
 

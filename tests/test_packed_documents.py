@@ -43,13 +43,18 @@ class TeacherSeen(Callback):
 
     def after_forward(self, state: State, logger: Logger) -> None:
         algorithm = next(a for a in state.algorithms if type(a).__name__ == TeacherSeen.algorithm)
-        if not TeacherSeen.first and algorithm._teacher_hidden is not None:
+        if type(algorithm).__name__ == 'LET':  # LET's active phase holds the teacher and its output
+            active, packed = algorithm.guidance, algorithm.wiring.packed
+            hidden, runner = (None, None) if active is None else (active.teacher_hidden, active.runner)
+        else:
+            hidden, runner, packed = algorithm._teacher_hidden, algorithm._runner, algorithm._packed
+        if not TeacherSeen.first and hidden is not None:
             TeacherSeen.first = {
-                'hidden': algorithm._teacher_hidden.clone(),
+                'hidden': hidden.clone(),
                 'input_ids': state.batch['input_ids'].clone(),
                 'sequence_id': state.batch['sequence_id'].clone(),
-                'model': algorithm._runner.model,
-                'packed': getattr(algorithm, '_packed', None),
+                'model': runner.model,
+                'packed': packed,
             }
 
 

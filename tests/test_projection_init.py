@@ -1,6 +1,6 @@
 """``projection: linear`` starts from the same weight on every rank and for any world size (FSDP2, CPU).
 
-LET creates ``let_projection`` at ``Event.INIT`` from ``state.rank_zero_seed`` (``_add_projection``), so one
+LET creates ``let_projection`` at ``Event.INIT`` from ``state.rank_zero_seed`` (``attach_projection``), so one
 process and every rank of a sharded run should start from ``manual_seed(rank_zero_seed); nn.Linear(d_S, d_T)``.
 Checked with llm-foundry's ``model.init_device: meta`` (every rank on meta, initialised after ``fully_shard``),
 the case ``SeededLinear`` exists for. (``mixed``, rank 0 on CPU and the others synced from it by
@@ -31,7 +31,7 @@ STUDENT_WIDTH, TEACHER_WIDTH = 64, 32  # mpt-let's d_model, the tiny teacher's h
 
 
 def expected_projection():
-    """The weight ``LET._add_projection`` draws in one process: nn.Linear(d_S, d_T) right after manual_seed."""
+    """The weight ``attach_projection`` draws in one process: nn.Linear(d_S, d_T) right after manual_seed."""
     import torch
     from torch import nn
 

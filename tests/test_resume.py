@@ -19,7 +19,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from llmfoundry import registry
 
-import composer_let.algorithm
+import composer_let.guidance
 
 from conftest import in_memory, let_of
 
@@ -67,16 +67,16 @@ def test_preempted_run_resumes_exactly_and_after_stop_never_loads_the_teacher(
     assert int(resumed.state.timestamp.batch) == 6
     for key in KEYS:
         assert values(resumed, key) == reference[key][3:], key  # exact, not approximate
-    assert torch.equal(let_of(resumed)._projection.weight, let_of(full)._projection.weight)
+    assert torch.equal(let_of(resumed).projection_module.weight, let_of(full).projection_module.weight)
 
     # Resumed after stop (batch 5 of 6): nothing may load the teacher.
     def refuse(*args, **kwargs):
         raise AssertionError('the teacher was loaded although the run resumed after stop')
 
-    monkeypatch.setattr(composer_let.algorithm, 'start_teacher', refuse)
+    monkeypatch.setattr(composer_let.guidance, 'start_teacher', refuse)
     late = train('mpt-let', *RUN, f'load_path={tmp_path}/full/ep0-ba5-rank0.pt')
     let = let_of(late)
-    assert let._runner is None and not let.active
+    assert let.guidance is None and not let.active
     assert values(late, 'let/lambda') == [0.0]
     assert values(late, 'loss/train/total') == reference['loss/train/total'][5:]
 

@@ -24,7 +24,7 @@ from composer.loggers import Logger
 from llmfoundry import registry
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import composer_let.algorithm
+import composer_let.guidance
 
 from conftest import SEQ_LEN, in_memory
 
@@ -80,8 +80,8 @@ def test_padding_rows_are_left_out_of_the_alignment(train, assets, tmp_path: Pat
         calls.append((student.detach().clone(), teacher.detach().clone(), mask, loss.detach(), cosine))
         return loss, cosine
 
-    alignment = composer_let.algorithm.alignment_loss
-    monkeypatch.setattr(composer_let.algorithm, 'alignment_loss', recording)
+    alignment = composer_let.guidance.alignment_loss
+    monkeypatch.setattr(composer_let.guidance, 'alignment_loss', recording)
     # Llama: MPT refuses to train on rows whose first token is padding ("left padding").
     trainer = train(
         'llama-let',

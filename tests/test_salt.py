@@ -63,7 +63,9 @@ class TeacherSpy(Callback):
     def batch_end(self, state: State, logger: Logger) -> None:
         from composer_let import LET, SALT
 
-        runners = {type(a).__name__: a._runner for a in state.algorithms if isinstance(a, (LET, SALT))}
+        from conftest import runner_of
+
+        runners = {type(a).__name__: runner_of(a) for a in state.algorithms if isinstance(a, (LET, SALT))}
         salt = runners.get('SALT')
         live = next((r for r in runners.values() if r is not None), None)
         TeacherSpy.seen.append(

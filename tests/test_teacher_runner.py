@@ -32,7 +32,7 @@ from transformers import (
 
 from composer_let.teacher import TeacherRunner
 
-from conftest import SEQ_LEN, VOCAB, in_memory, let_of, yaml_path
+from conftest import SEQ_LEN, VOCAB, in_memory, let_of, runner_of, yaml_path
 
 LAYERS = 4
 MIDDLE, LAST = LAYERS // 2 - 1, LAYERS - 1  # the strategies' Middle and Late teacher blocks
@@ -319,7 +319,7 @@ class RunnerSpy(Callback):
     def batch_end(self, state: State, logger: Logger) -> None:
         from composer_let import LET, SALT
 
-        runners = {type(a).__name__: a._runner for a in state.algorithms if isinstance(a, (LET, SALT))}
+        runners = {type(a).__name__: runner_of(a) for a in state.algorithms if isinstance(a, (LET, SALT))}
         live = [r for r in runners.values() if r is not None]
         RunnerSpy.seen.append(
             {
@@ -384,7 +384,7 @@ def test_let_on_a_middle_layer_and_salt_share_the_teacher_in_either_order(assets
         config = {**base, 'algorithms': {name: base['algorithms'][name] for name in order}}
         RunnerSpy.seen = []
         trainer = train_yaml(assets, tmp_path / '-'.join(order), config, *overrides)
-        assert let_of(trainer)._teacher_layer_index == 0
+        assert let_of(trainer).wiring.teacher_layer == 0
         seen = RunnerSpy.seen
         assert [s['order'] for s in seen] == [[name.upper() for name in order]] * 3
         assert all(s['ids']['LET'] == s['ids']['SALT'] is not None for s in seen)  # one loaded teacher
@@ -433,12 +433,12 @@ class AlignedTeacher(Callback):
 
     def after_forward(self, state: State, logger: Logger) -> None:
         let = let_of_state(state)
-        if not AlignedTeacher.first and let._teacher_hidden is not None:
+        if not AlignedTeacher.first and let.guidance is not None and let.guidance.teacher_hidden is not None:
             AlignedTeacher.first = {
-                'hidden': let._teacher_hidden.clone(),
+                'hidden': let.guidance.teacher_hidden.clone(),
                 'input_ids': state.batch['input_ids'].clone(),
                 'attention_mask': state.batch.get('attention_mask'),
-                'model': let._runner.model,
+                'model': let.guidance.runner.model,
             }
 
 
@@ -466,7 +466,7 @@ def test_let_aligns_to_a_middle_block_of_an_opt_teacher_with_project_out(train, 
         'callbacks={aligned_teacher: {}}',
     )
     let = let_of(trainer)
-    assert (let._teacher_layer_index, let._teacher_width) == (MIDDLE, 32)
+    assert (let.wiring.teacher_layer, let.wiring.teacher_width) == (MIDDLE, 32)
     assert len(values(trainer, 'loss/train/let_align')) == 2
     assert len(values(trainer, 'let/teacher_ce')) == 2  # the 16-wide final output through the LM head
     first = AlignedTeacher.first
