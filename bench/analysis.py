@@ -11,8 +11,11 @@ import statistics
 from typing import Any
 
 
-def first_reach(curve: list[dict[str, float]], loss: float, axis: str = 'step') -> float | None:
-    """Where the eval curve first reaches ``loss`` (linear interpolation between evals), or None."""
+def first_reach(curve: list[dict[str, float]], loss: float | None, axis: str = 'step') -> float | None:
+    """Where the eval curve first reaches ``loss`` (linear interpolation between evals), or None (also when
+    ``loss`` is None: a teacher whose loss is over other tokens than the target's)."""
+    if loss is None:
+        return None
     prev = None
     for point in curve:
         if point['loss'] <= loss:

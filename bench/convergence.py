@@ -39,6 +39,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -515,18 +516,12 @@ def import_reported(report_file: Path, cache: Path, runs_dir: Path) -> int:
     """
     reported = json.loads(report_file.read_text())
     old = reported['plan']
-    regime, target, steps = old['regime'], old['target'], old['run']['steps']
-    smoke = regime is None
-    default_target = SMOKE['target'] if smoke else TARGET
-    plan = make_plan(
-        regime,
-        cache,
-        width=target['hidden'] if target['hidden'] != default_target['hidden'] else None,  # a width renames it
-        target_steps=steps,
-        smoke=smoke,
-        cross_teacher=bool(old.get('cross_tokenizer')),
-        train_teacher=False,
-    )
+    smoke = old['regime'] is None
+    try:  # the plan's name says how it was made (width, embedding scale, depth, tokenizers)
+        options = {'regime': None} if smoke else plan_options(old['name'])
+    except ValueError as error:
+        raise SystemExit(f'convergence: {report_file}: {error}') from None
+    plan = make_plan(cache=cache, target_steps=old['run']['steps'], smoke=smoke, train_teacher=False, **options)
     teacher = plan['teacher']
     for key in ('name', 'seq', 'batch', 'eval_batches', 'target', 'run'):
         if plan[key] != old[key]:
@@ -671,6 +666,28 @@ def make_plan(
     return plan
 
 
+def plan_options(name: str) -> dict[str, Any]:
+    """The ``make_plan`` arguments of the experiment named ``name`` (its naming, inverted): for summaries and
+    run records, which keep only the name. ``ValueError`` for a name ``make_plan`` does not make (``--tag``).
+
+        plan_options('teacher-ahead-w128')  # {'regime': 'teacher-ahead', 'width': 128}
+        plan_options('teacher-ahead-e8')  # {'regime': 'teacher-ahead', 'embed_scale': 8.0}
+    """
+    regimes = '|'.join(re.escape(r) for r in sorted(REGIMES, key=len, reverse=True))
+    suffixes = r'(?:-w(?P<width>\d+))?(?:-l(?P<layers>\d+))?(?:-v(?P<student_vocab>\d+))?'
+    suffixes += r'(?:-e(?P<embed_scale>[\d.e+-]+?))?(?P<cross_teacher>-cross-tokenizer)?'
+    match = re.fullmatch(f'(?P<regime>{regimes}){suffixes}', name)
+    if not match:
+        raise ValueError(f'{name!r} is not an experiment name make_plan makes (<regime>[-w<width>][-l<layers>]...).')
+    options: dict[str, Any] = {'regime': match['regime']}
+    for key, kind in (('width', int), ('layers', int), ('student_vocab', int), ('embed_scale', float)):
+        if match[key]:
+            options[key] = kind(match[key])
+    if match['cross_teacher']:
+        options['cross_teacher'] = True
+    return options
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--regime', choices=tuple(REGIMES))
@@ -734,7 +751,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (arm, seed, run_path(runs_dir, arm, seed, plan, teacher)) for seed in seeds for arm in arms
     ]  # seed-major: a partial sweep still has complete pairs
     print(
-        f'convergence: {plan["name"]}: teacher eval loss {teacher["eval_loss"]:.4f}; '
+        f'convergence: {plan["name"]}: teacher eval loss {teacher_loss_text(teacher)}; '
         f'{sum(p.exists() for *_, p in todo)}/{len(todo)} runs cached',
         flush=True,
     )
@@ -769,10 +786,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def teacher_loss_text(teacher: dict[str, Any]) -> str:
+    loss = teacher.get('eval_loss')
+    return 'n/a (other tokens than the target)' if loss is None else f'{loss:.4f}'
+
+
 def print_report(result: dict[str, Any]) -> None:
     teacher = result['teacher']
     print(
-        f'teacher ({teacher["kind"]}) eval loss {teacher["eval_loss"]:.4f}; target/teacher non-embedding '
+        f'teacher ({teacher["kind"]}) eval loss {teacher_loss_text(teacher)}; target/teacher non-embedding '
         f'params {result["params_ratio_non_embedding"]:.1f}x'
     )
     for name, e in result['summary'].items():

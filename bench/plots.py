@@ -60,12 +60,13 @@ def plot_curves(result: dict[str, Any], path: Path, arms: list[str] | None = Non
                 alpha=0.15,
             )
             lows += [low[i] for i in keep]
-        ax.axhline(teacher, color='black', linestyle='--', linewidth=1, label=f'teacher ({teacher:.3f})')
+        if teacher is not None:  # None: the teacher's loss is over other tokens than the target's
+            ax.axhline(teacher, color='black', linestyle='--', linewidth=1, label=f'teacher ({teacher:.3f})')
         ax.set_xlabel('step')
         ax.grid(alpha=0.3)
         if start and lows:
-            top = max(max(lows) + 0.05, teacher + 0.05)
-            ax.set_ylim(min(*lows, teacher) - 0.05, top)
+            bounds = lows if teacher is None else [*lows, teacher]
+            ax.set_ylim(min(bounds) - 0.05, max(bounds) + 0.05)
     axes[0].set_ylabel('held-out eval loss (nats/token)')
     axes[0].set_title('whole run')
     axes[1].set_title('second half (zoom)')

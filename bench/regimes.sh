@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The regime study behind README's verdict (issues 10-12), as run for bench/reported/regimes/.
 # Every run is cached in bench/results/runs/, so phases can be rerun, reordered or interrupted;
-# `python bench/report.py --out bench/reported/regimes` then summarises whatever has run.
-# Usage: bash bench/regimes.sh <phase>   (two 1-thread processes on the 2 cores: --jobs 2)
+# `python bench/report.py --out bench/reported/regimes` then summarises whatever has run (JSON, PNG and the
+# per-arm tables <experiment>.md); `python bench/report.py --from-reported bench/reported/regimes` rewrites
+# the tables from the committed JSONs alone.
+# Usage: bash bench/regimes.sh <phase>   (two 1-thread processes on the 2 cores: --jobs 2; no phase: the list)
 # stop: auto ran with stop_horizon 1 (then its default) until phase horizon measured 0, the default now.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,6 +43,7 @@ case "${1:-}" in
     run --regime overtake --seeds 1,2 --lambda0s 0.03,0.01
     run --regime overtake --seeds 1,2 --stops 0.1dur,0.5dur --stop-lambda0s 0.1,3 ;;  # both stops at λ0 = 3: cached
   cross)  # issue 12: the same teacher recipe on a 4096-token BPE, LET across tokenizers at the best λ0
+    # (runs before 2026-12-03 built the target from the teacher's folder: keyed apart, rerun here)
     run --regime teacher-ahead --cross-teacher --seeds 1,2 --arms "baseline;let:lambda0=$best" ;;
   overtake)  # the paper's regime (1800 steps: ~3.6x a short run): the best λ0 of teacher-ahead, fixed and auto stop
     run --regime overtake --seeds 1,2,3 --arms "baseline;let:lambda0=$best;let:lambda0=$best,stop=auto,stop_horizon=1"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import ROOT, SHARED_DATA
 
 
 def _bench(name: str):
@@ -114,6 +114,85 @@ def test_report_sorts_arms_into_the_absolute_and_relative_sweeps() -> None:
     assert report.strength_of(convergence.parse_arm('let:strength=relative,grad_ratio=0.3')) == ('grad_ratio', '0.3')
     for spec in ('baseline', 'let:lambda0=3,stop=0.5dur', 'let:strength=relative,grad_ratio=1,stop=auto'):
         assert report.strength_of(convergence.parse_arm(spec)) is None  # not a plain point of either sweep
+
+
+def test_plan_options_invert_make_plans_names() -> None:
+    convergence = _bench('convergence')
+    cases = {
+        'teacher-ahead': {'regime': 'teacher-ahead'},
+        'overtake-w128': {'regime': 'overtake', 'width': 128},
+        'teacher-ahead-e8': {'regime': 'teacher-ahead', 'embed_scale': 8.0},
+        'teacher-ahead-w256-e0.5-cross-tokenizer': {
+            'regime': 'teacher-ahead',
+            'width': 256,
+            'embed_scale': 0.5,
+            'cross_teacher': True,
+        },
+        'real-teacher-l4-v2048': {'regime': 'real-teacher', 'layers': 4, 'student_vocab': 2048},
+    }
+    for name, options in cases.items():
+        assert convergence.plan_options(name) == options
+    for name in ('smoke', 'teacher-ahead-x3', 'my-tag', 'teacher-ahead-w'):
+        with pytest.raises(ValueError, match='not an experiment name'):
+            convergence.plan_options(name)
+    for path in (ROOT / 'bench' / 'reported' / 'regimes').glob('*.json'):  # every committed summary's name parses
+        plan = json.loads(path.read_text()).get('plan')
+        if plan:
+            options = convergence.plan_options(plan['name'])
+            assert (
+                options['regime'] == plan['regime'] and options.get('cross_teacher', False) == plan['cross_tokenizer']
+            )
+
+
+def test_report_regenerates_the_committed_tables_from_the_committed_json(tmp_path: Path) -> None:
+    report = _bench('report')
+    committed = ROOT / 'bench' / 'reported' / 'regimes'
+    for path in committed.glob('*.json'):
+        (tmp_path / path.name).symlink_to(path)
+    results = report.main(['--from-reported', str(tmp_path)])
+    tables = sorted(p.name for p in committed.glob('*.md'))
+    assert tables == sorted([f'{name}.md' for name in results] + ['width-study.md'])
+    for name in tables:  # the committed tables are the JSONs' (line 1 names the folder it was run on)
+        assert (tmp_path / name).read_text().splitlines()[1:] == (committed / name).read_text().splitlines()[1:], name
+    # Runs that convergence.py would not import are marked as such: the feed-forward relative controller, and the
+    # cross-tokenizer runs made before the target had its own tokenizer.
+    ahead = (tmp_path / 'teacher-ahead.md').read_text()
+    assert '| let:strength=relative,grad_ratio=3 † | 2 | 4.483 ± 0.010 |' in ahead and report.FEED_FORWARD in ahead
+    assert report.WITHDRAWN in (tmp_path / 'teacher-ahead-cross-tokenizer.md').read_text()
+    assert report.WITHDRAWN not in ahead
+
+
+def test_report_marks_follow_the_runs(tmp_path: Path) -> None:
+    convergence, report = _bench('convergence'), _bench('report')
+    curve = [{'step': 10, 'train_s': 1.0, 'loss': 5.0}, {'step': 20, 'train_s': 2.0, 'loss': 4.0}]
+    arms = [convergence.parse_arm(spec) for spec in ('baseline', 'let:strength=relative,grad_ratio=3')]
+    runs = [
+        {'arm': arm, 'seed': seed, 'eval_curve': curve, 'final_loss': 4.0 + 0.01 * seed, 'series': {}, 'params': {}}
+        for arm in arms
+        for seed in (1, 2)
+    ]
+    summary = _bench('analysis').summarise(runs, 3.0, [a['name'] for a in arms])
+    teacher = {'kind': 'late', 'eval_loss': 3.0, 'params': {'non_embedding': 10}, 'tokens_seen': None}
+    result = {
+        'name': 'teacher-ahead-w256-cross-tokenizer',
+        'plan': {'run': {'steps': 20}, 'cross_tokenizer': True, 'target': {'hidden': 256}},
+        'teacher': teacher,
+        'target_params': {'non_embedding': 100},
+        'params_ratio_non_embedding': 10.0,
+        'summary': summary,
+        'best_lambda0_arm': None,
+        'best_grad_ratio_arm': 'let:strength=relative,grad_ratio=3',
+        'runs': runs,
+    }
+    old = report.markdown(result)
+    assert report.WITHDRAWN in old and report.FEED_FORWARD in old and 'grad_ratio=3` †.' in old
+    for run in runs:  # made by today's code: convergence.py marks them, and report.py keeps the marks
+        run.update(
+            relative_controller=convergence.RELATIVE_CONTROLLER, cross_tokenizer=convergence.CROSS_TOKENIZER_RUNS
+        )
+    new = report.markdown(result)
+    assert '†' not in new and report.WITHDRAWN not in new and 'pretrained elsewhere' in new
+    assert report.width_studies({result['name']: result}) == {}  # another tokenizer: not a point of a width study
 
 
 def strings(data: object) -> list[str]:
