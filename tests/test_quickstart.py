@@ -46,7 +46,12 @@ def test_smoke_run_writes_plot_table_and_records(
     assert summary['runs']['baseline']['final_eval_loss'] == baseline['evals'][-1]['loss']
     assert isinstance(summary['let_overhead_teacher_active'], float)
     assert isinstance(summary['let_overhead_after_stop'], float)
+    gap = summary['runs']['let']['final_eval_loss'] - summary['runs']['baseline']['final_eval_loss']
+    assert summary['final_eval_loss_gap'] == pytest.approx(gap)
+    reached = summary['let_reached_baseline_final_loss']
+    assert (summary['speedup_steps'] is None) == (reached is None)  # steps to the baseline's final loss
     table = (out / 'summary.md').read_text()
+    assert summary['plan']['teacher_norm'] == 'standardize' and 'teacher_norm: standardize' in table
     assert '| baseline |' in table and '| let |' in table and 'while the teacher is active' in table
     assert (Path(summary['data']) / 'corpus.json').is_file()  # the stdlib corpus was built for this tokenizer
     assert 'load average' in table
