@@ -1,0 +1,187 @@
+"""Issue 29's verdict: which strength knob's best grid point carries across a wide range of pull per unit λ.
+
+Reads report summaries (``bench/report.py``'s ``<name>.json``) of teacher-ahead experiments that differ only in
+how hard one unit of λ pulls at the hooked block (target width 32-512; the width-free control: width 64 with the
+tied embedding scaled at init, ``-e<scale>``), and for each the best absolute λ0 and the best ``strength:
+relative`` grad_ratio (by mean final loss, arms with ≥ 2 seeds). A knob *carries* when its best point stays within
+one grid step over the whole range while the other's moves ≥ 2 steps (issue 29)::
+
+    python bench/strength_verdict.py bench/reported/strength --out bench/reported/strength/verdict
+
+writes ``verdict.md`` (the table and the verdict) and ``verdict.png`` (speedup vs grid point, one line per pull).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json
+
+LAMBDA0_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+RATIO_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
+MIN_SEEDS = 2
+
+
+def grid_step(value: float, grid: tuple[float, ...]) -> int:
+    """Index of ``value`` on a ~3.3x grid (the nearest point in log space)."""
+    return min(range(len(grid)), key=lambda i: abs(math.log(grid[i] / value)))
+
+
+def knob_points(summary: dict[str, Any], sweep: dict[str, str]) -> dict[float, dict[str, Any]]:
+    """Grid value -> that arm's mean final loss, speedup and seeds (arms with fewer than MIN_SEEDS seeds left out)."""
+    points = {}
+    for value, arm in sweep.items():
+        entry = summary.get(arm)
+        if entry is None or entry['final_loss']['n'] < MIN_SEEDS:
+            continue
+        points[float(value)] = {
+            'arm': arm,
+            'final_loss': entry['final_loss']['mean'],
+            'delta': entry.get('final_loss_minus_baseline', {}).get('mean'),
+            'speedup': entry.get('speedup_steps', {}).get('mean'),
+            'speedup_std': entry.get('speedup_steps', {}).get('std'),
+            'seeds': entry['final_loss']['n'],
+            'grad_ratio': (entry.get('diagnostics') or {}).get('grad_ratio'),
+        }
+    return points
+
+
+def study(folder: Path, pulls: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per experiment in ``folder`` that has a pull per λ: its best point of each knob."""
+    rows = []
+    for path in sorted(folder.glob('teacher-ahead*.json')):
+        result = json.loads(path.read_text())
+        name = result['name']
+        pull = pulls.get(name, result.get('grad_ratio_per_lambda_batch_1'))
+        if pull is None or 'cross-tokenizer' in name:
+            continue
+        summary = result['summary']
+        absolute = knob_points(summary, result.get('lambda0_sweep', {}))
+        relative = knob_points(summary, result.get('grad_ratio_sweep', {}))
+        baseline = summary.get('baseline', {}).get('final_loss', {})
+        rows.append(
+            {
+                'name': name,
+                'pull_per_lambda': pull,
+                'baseline_final': baseline.get('mean'),
+                'baseline_seeds': baseline.get('n'),
+                'lambda0': absolute,
+                'grad_ratio': relative,
+                'best_lambda0': min(absolute, key=lambda v: absolute[v]['final_loss']) if absolute else None,
+                'best_grad_ratio': min(relative, key=lambda v: relative[v]['final_loss']) if relative else None,
+            }
+        )
+    return sorted(rows, key=lambda r: -r['pull_per_lambda'])
+
+
+def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How far each knob's best point moves (in grid steps) across the rows, and which one carries."""
+    moves = {}
+    for knob, grid in (('lambda0', LAMBDA0_GRID), ('grad_ratio', RATIO_GRID)):
+        steps = [grid_step(r[f'best_{knob}'], grid) for r in rows if r[f'best_{knob}'] is not None]
+        moves[knob] = max(steps) - min(steps) if steps else None
+    pulls = [r['pull_per_lambda'] for r in rows]
+    span = max(pulls) / min(pulls) if pulls else None
+    carries = [
+        k
+        for k, other in (('lambda0', 'grad_ratio'), ('grad_ratio', 'lambda0'))
+        if moves[k] is not None and moves[other] is not None and moves[k] <= 1 and moves[other] >= 2
+    ]
+    return {'pull_span': span, 'moves_in_grid_steps': moves, 'carries': carries[0] if carries else 'neither'}
+
+
+def markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
+    def cell(points: dict[float, dict[str, Any]], value: float) -> str:
+        p = points.get(value)
+        if p is None:
+            return '—'
+        speed = '' if p['speedup'] is None else f'{p["speedup"]:.2f}×, '
+        return f'{speed}{p["delta"]:+.3f}' if p['delta'] is not None else speed
+
+    lambdas = sorted({v for r in rows for v in r['lambda0']})
+    ratios = sorted({v for r in rows for v in r['grad_ratio']})
+    head = ['experiment', 'pull per λ', 'baseline final'] + [f'λ0 = {v:g}' for v in lambdas]
+    head += [f'grad_ratio {v:g}' for v in ratios] + ['best λ0', 'best grad_ratio']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+    for r in rows:
+        cells = [r['name'], f'{r["pull_per_lambda"]:.3g}', f'{r["baseline_final"]:.3f} ({r["baseline_seeds"]})']
+        cells += [cell(r['lambda0'], v) for v in lambdas] + [cell(r['grad_ratio'], v) for v in ratios]
+        cells += [f'{r["best_lambda0"]:g}' if r['best_lambda0'] else '—']
+        cells += [f'{r["best_grad_ratio"]:g}' if r['best_grad_ratio'] else '—']
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    moves = result['moves_in_grid_steps']
+    lines += [
+        '',
+        "Cells: speedup in steps to the baseline's final loss (mean over seeds), then the mean final-loss gap to "
+        f"the same seeds' baseline (nats); arms with ≥ {MIN_SEEDS} seeds. Pull per λ: `let/grad_ratio / λ` on "
+        'batch 1 of an untrained target (`bench/pull_per_lambda.py`).',
+        '',
+        f'Pull per λ spans {result["pull_span"]:.1f}× over these experiments. The best λ0 moves '
+        f'{moves["lambda0"]} grid step(s) across them, the best grad_ratio {moves["grad_ratio"]}. '
+        f'**Verdict: {result["carries"]}.**',
+    ]
+    return '\n'.join(lines) + '\n'
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+    for ax, knob, label in ((axes[0], 'lambda0', 'λ0 (strength: absolute)'), (axes[1], 'grad_ratio', 'grad_ratio')):
+        for r in rows:
+            points = r[knob]
+            xs = sorted(points)
+            ys = [points[x]['speedup'] for x in xs]
+            errs = [points[x]['speedup_std'] or 0 for x in xs]
+            ax.errorbar(
+                xs, ys, yerr=errs, marker='o', capsize=3, label=f'{r["name"]} (pull {r["pull_per_lambda"]:.3g})'
+            )
+        ax.set_xscale('log')
+        ax.axhline(1.0, color='black', linewidth=0.8, linestyle='--')
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("speedup in steps to the baseline's final loss")
+    axes[1].legend(fontsize=7)
+    fig.suptitle('teacher-ahead: where each strength knob is best, as the pull per unit λ changes')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('folder', type=Path, help="report.py's summaries (<name>.json)")
+    parser.add_argument(
+        '--pulls', type=Path, nargs='*', default=[], help="pull_per_lambda.py JSONs (override a summary's)"
+    )
+    parser.add_argument('--out', type=Path, required=True, help='writes OUT.md, OUT.png and OUT.json')
+    args = parser.parse_args(argv)
+    pulls: dict[str, float] = {}
+    for file in args.pulls:
+        for row in json.loads(file.read_text())['rows']:
+            name = 'teacher-ahead' + ('' if row['width'] == 64 else f'-w{row["width"]}')
+            if row.get('embed_scale', 1.0) != 1.0:
+                name += f'-e{row["embed_scale"]:g}'
+            pulls[name] = row['grad_ratio_per_lambda_batch_1']
+    rows = study(args.folder, pulls)
+    result = verdict(rows)
+    text = markdown(rows, result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix('.md').write_text(text)
+    write_json(args.out.with_suffix('.json'), {'rows': rows, **result})
+    plot(rows, args.out.with_suffix('.png'))
+    print(text)
+    return result
+
+
+if __name__ == '__main__':
+    main()
