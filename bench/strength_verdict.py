@@ -86,7 +86,8 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for knob, grid in (('lambda0', LAMBDA0_GRID), ('grad_ratio', RATIO_GRID)):
         steps = [grid_step(r[f'best_{knob}'], grid) for r in rows if r[f'best_{knob}'] is not None]
         moves[knob] = max(steps) - min(steps) if steps else None
-    pulls = [r['pull_per_lambda'] for r in rows]
+    # The range the verdict rests on: the experiments where either knob has a best point.
+    pulls = [r['pull_per_lambda'] for r in rows if r['best_lambda0'] is not None or r['best_grad_ratio'] is not None]
     span = max(pulls) / min(pulls) if pulls else None
     carries = [
         k
@@ -122,7 +123,7 @@ def markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
         f"the same seeds' baseline (nats); arms with ≥ {MIN_SEEDS} seeds. Pull per λ: `let/grad_ratio / λ` on "
         'batch 1 of an untrained target (`bench/pull_per_lambda.py`).',
         '',
-        f'Pull per λ spans {result["pull_span"]:.1f}× over these experiments. The best λ0 moves '
+        f'Pull per λ spans {result["pull_span"]:.1f}× over the experiments with a best point. The best λ0 moves '
         f'{moves["lambda0"]} grid step(s) across them, the best grad_ratio {moves["grad_ratio"]}. '
         f'**Verdict: {result["carries"]}.**',
     ]

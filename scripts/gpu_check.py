@@ -77,7 +77,7 @@ class Plan:
     settle: int = 2  # untimed steps after stop (the release)
     after: int = 20  # timed steps after stop
     precision: str = 'amp_bf16'
-    lambda0: float | None = None  # None: the YAML's (0.1)
+    lambda0: float | None = None  # None: the YAML's strength (relative, grad_ratio 3)
     num_workers: int = 2
     teacher: dict[str, int] = field(default_factory=lambda: dict(SMOLLM2))  # a random teacher's shape
     tokenizer_vocab: int = 4096  # a random teacher's tokenizer; its config keeps teacher['vocab'] rows
@@ -103,7 +103,7 @@ CPU_SMOKE = Plan(
     settle=1,
     after=4,
     precision='fp32',  # Composer refuses amp_bf16 on CPU
-    # In one run at the YAML's 0.1 these 8 tiny steps ended with let/cosine below its start (0.035 -> 0.020),
+    # In one run at the paper's λ0 = 0.1 these 8 tiny steps ended with let/cosine below its start (0.035 -> 0.020),
     # above λ0 = 0's (0.011): too weak to rise within the smoke. λ0 = 1 rises (0.030 -> 0.073, λ0 = 0: 0.028).
     lambda0=1.0,
     num_workers=0,
@@ -258,8 +258,12 @@ def yaml_overrides(plan: Plan, assets: dict[str, Any], attention: str, arm: str)
     if arm != 'baseline':
         args.append(f'algorithms.let.stop={plan.stop}ba')
         lambda0 = 0.0 if arm == LAMBDA0_ZERO else plan.lambda0
-        if lambda0 is not None:
-            args.append(f'algorithms.let.lambda0={lambda0}')
+        if lambda0 is not None:  # a fixed λ0 replaces the YAML's strength: relative
+            args += [
+                'algorithms.let.strength=absolute',
+                'algorithms.let.grad_ratio=null',
+                f'algorithms.let.lambda0={lambda0}',
+            ]
     return args
 
 

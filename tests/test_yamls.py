@@ -32,7 +32,8 @@ def test_train_yaml_validates_and_builds_algorithms(path: Path, monkeypatch: pyt
         assert not algorithms
     if 'gpu' in path.parts:
         assert train_cfg.precision == 'amp_bf16' and train_cfg.fsdp_config is not None
-        assert train_cfg.algorithms['let']['lambda0'] == 0.1 and train_cfg.algorithms['let']['strategy'] == 'L2E'
+        let = train_cfg.algorithms['let']
+        assert let['strength'] == 'relative' and let['teacher_norm'] == 'standardize' and let['strategy'] == 'L2E'
 
 
 @pytest.mark.parametrize('path', EVAL_YAMLS, ids=_id)
