@@ -11,7 +11,8 @@ record per arm and seed under ``--out``; runs already recorded are skipped, so l
         --json bench/reported/quickstart-seeds/summary.json
 
 ``summarize`` pairs each arm with the baseline of its seed: final-eval-loss gap, and the speedup in steps to the
-baseline's final loss (baseline steps / LET's, interpolated between evals), as mean ± sample std over seeds.
+baseline's final loss (baseline steps / LET's, interpolated between evals), as mean ± sample std over seeds;
+with ``--json`` also ``.md`` and ``.png`` (eval loss per seed).
 """
 
 from __future__ import annotations
@@ -146,10 +147,40 @@ def markdown(summary: dict[str, Any]) -> str:
         std = '' if gap['std'] is None else f' ± {gap["std"]:.3f}'
         speed_std = '' if speed['std'] is None else f' ± {speed["std"]:.2f}'
         count = len(gap['values'])
-        lines.append(f'\n{arm}: gap {gap["mean"]:+.3f}{std} nats, speedup {speed["mean"]:.2f}{speed_std}× (n={count})')
+        lines.append(
+            f'\n{arm}: gap {gap["mean"]:+.3f}{std} nats, speedup {speed["mean"]:.2f}{speed_std}× '
+            f'(n={count}; a seed that never reached the baseline counts 0)'
+        )
     if 'verdict' in summary:
         lines.append(f'\nverdict: {json.dumps(summary["verdict"])}')
     return '\n'.join(lines) + '\n'
+
+
+def plot(out: Path, path: Path) -> None:
+    """Eval loss vs step, one panel per seed, every arm of that seed."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    records = {r.parent.name: json.loads(r.read_text()) for r in sorted(out.glob('*-s*/record.json'))}
+    seeds = sorted({name.rsplit('-s', 1)[1] for name in records}, key=int)
+    arms = sorted({name.rpartition('-s')[0] for name in records})
+    fig, axes = plt.subplots(1, len(seeds), figsize=(4.5 * len(seeds), 3.6), sharey=True, squeeze=False)
+    for ax, seed in zip(axes[0], seeds, strict=True):
+        for name, record in records.items():
+            arm, _, record_seed = name.rpartition('-s')
+            if record_seed == seed:
+                steps, losses = [e['batch'] for e in record['evals']], [e['loss'] for e in record['evals']]
+                ax.plot(steps, losses, label=arm, color=f'C{arms.index(arm)}')
+        ax.set_title(f'seed {seed}')
+        ax.set_xlabel('step')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel('eval loss (held-out)')
+    fig.suptitle('quickstart over seeds: SmolLM2-135M teacher, teacher_norm: standardize')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> int:
@@ -171,6 +202,7 @@ def main() -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1) + '\n')
         args.json.with_suffix('.md').write_text(text)
+        plot(Path(args.out), args.json.with_suffix('.png'))
     return 0
 
 
