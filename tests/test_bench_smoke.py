@@ -261,3 +261,49 @@ def test_convergence_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         with pytest.raises(SystemExit, match=key):
             convergence.import_reported(tmp_path / 'tampered.json', tmp_path / 'cache', tmp_path / 'fresh-runs')
         assert not (tmp_path / 'fresh-runs').exists()  # refused before anything is written
+
+
+def test_quickstart_seeds_pairs_each_arm_with_its_seeds_baseline(tmp_path: Path) -> None:
+    seeds = _bench('quickstart_seeds')
+    curves = {  # (seed, arm): final eval losses at steps 100, 200, 300
+        ('1', 'baseline'): (6.0, 5.5, 5.0),
+        ('1', 'let'): (5.5, 5.0, 4.5),  # reaches 5.0 at step 200: 1.5x
+        ('1', 'placebo'): (6.0, 5.5, 5.05),
+        ('2', 'baseline'): (6.2, 5.7, 5.2),
+        ('2', 'let'): (5.7, 5.2, 5.1),  # reaches 5.2 at step 200
+        ('2', 'placebo'): (6.2, 5.7, 5.15),
+        ('3', 'baseline'): (6.1, 5.6, 5.1),
+        ('3', 'let'): (6.1, 5.6, 5.12),  # behind its baseline: never reaches it
+        ('3', 'placebo'): (6.1, 5.6, 5.1),
+    }
+    for (seed, arm), losses in curves.items():
+        folder = tmp_path / f'{arm}-s{seed}'
+        folder.mkdir()
+        evals = [{'batch': 100 * (i + 1), 'train_seconds': 1.0, 'loss': loss} for i, loss in enumerate(losses)]
+        (folder / 'record.json').write_text(json.dumps({'evals': evals}))
+    summary = seeds.summarize(tmp_path)
+    assert summary['per_seed']['1']['let']['speedup_steps'] == pytest.approx(1.5)
+    assert summary['per_seed']['3']['let']['speedup_steps'] is None
+    assert summary['arms']['let']['gap']['values'] == pytest.approx([-0.5, -0.1, 0.02])
+    assert summary['arms']['placebo']['gap']['mean'] == pytest.approx(0.0, abs=1e-12)
+    verdict = summary['verdict']
+    assert verdict['placebo_max_abs_gap'] == pytest.approx(0.05)
+    assert not verdict['let_ahead_on_every_seed'] and not verdict['let_ahead_by_more_than_placebo_on_every_seed']
+
+
+def test_strength_verdict_names_the_knob_that_stays_put() -> None:
+    verdict = _bench('strength_verdict').verdict
+
+    def row(pull: float, best_lambda0: float | None, best_ratio: float | None) -> dict:
+        return {'pull_per_lambda': pull, 'best_lambda0': best_lambda0, 'best_grad_ratio': best_ratio}
+
+    moving_lambda = [row(1.0, 1.0, 3.0), row(0.3, 3.0, 3.0), row(0.1, 10.0, 1.0)]
+    assert verdict(moving_lambda) == {
+        'pull_span': pytest.approx(10.0),
+        'moves_in_grid_steps': {'lambda0': 2, 'grad_ratio': 1},
+        'carries': 'grad_ratio',
+    }
+    both_move = [row(1.0, 1.0, 1.0), row(0.1, 10.0, 10.0)]
+    assert verdict(both_move)['carries'] == 'neither'
+    no_ratio_arms = [row(1.0, 3.0, None), row(0.5, 10.0, None)]
+    assert verdict(no_ratio_arms)['carries'] == 'neither'
