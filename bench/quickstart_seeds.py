@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from analysis import spread
 
 from composer_let.prep import quickstart as qs
 
@@ -72,16 +73,6 @@ def run(args: argparse.Namespace) -> None:
             print(f'{arm} seed {seed}: final eval loss {result["evals"][-1]["loss"]:.4f}', flush=True)
 
 
-def _spread(values: list[float]) -> dict[str, Any]:
-    return {
-        'values': values,
-        'mean': statistics.mean(values),
-        'std': statistics.stdev(values) if len(values) > 1 else None,
-        'min': min(values),
-        'max': max(values),
-    }
-
-
 def summarize(out: Path) -> dict[str, Any]:
     records: dict[str, dict[str, Any]] = {}
     for path in sorted(out.glob('*-s*/record.json')):
@@ -112,19 +103,19 @@ def summarize(out: Path) -> dict[str, Any]:
         'plan': {**asdict(qs.FULL), 'seed': None},
         'placebo_lambda0': PLACEBO_LAMBDA0,
         'per_seed': per_seed,
-        'arms': {arm: {key: _spread(values) for key, values in stats.items()} for arm, stats in arms.items()},
+        'arms': {arm: {key: {'values': v, **spread(v)} for key, v in stats.items()} for arm, stats in arms.items()},
         'load_average': {name: r.get('load_average') for name, r in records.items()},
         'threads': {name: r.get('threads') for name, r in records.items()},
         'train_seconds': {name: r['evals'][-1]['train_seconds'] for name, r in records.items()},
     }
     let, placebo = arms.get('let'), arms.get('placebo')
     if let and placebo and len(let['gap']) == len(placebo['gap']) and len(let['gap']) >= 3:
-        spread = max(abs(g) for g in placebo['gap'])
+        floor = max(abs(g) for g in placebo['gap'])
         summary['verdict'] = {
             'seeds': len(let['gap']),
             'let_ahead_on_every_seed': all(g < 0 for g in let['gap']),
-            'placebo_max_abs_gap': spread,
-            'let_ahead_by_more_than_placebo_on_every_seed': all(g < -spread for g in let['gap']),
+            'placebo_max_abs_gap': floor,
+            'let_ahead_by_more_than_placebo_on_every_seed': all(g < -floor for g in let['gap']),
         }
     return summary
 
@@ -144,8 +135,8 @@ def markdown(summary: dict[str, Any]) -> str:
         )
     for arm, stats in summary['arms'].items():
         gap, speed = stats['gap'], stats['speedup_steps']
-        std = '' if gap['std'] is None else f' ± {gap["std"]:.3f}'
-        speed_std = '' if speed['std'] is None else f' ± {speed["std"]:.2f}'
+        std = '' if gap['n'] < 2 else f' ± {gap["std"]:.3f}'
+        speed_std = '' if speed['n'] < 2 else f' ± {speed["std"]:.2f}'
         count = len(gap['values'])
         lines.append(
             f'\n{arm}: gap {gap["mean"]:+.3f}{std} nats, speedup {speed["mean"]:.2f}{speed_std}× '

@@ -70,6 +70,13 @@ def cpu_model_config(model_cfg: dict[str, Any]) -> tuple[str, dict[str, Any], li
             changed.append(f'attention: {before} -> sdpa (the same attention, no S x S matrices kept)')
         cfg['use_flash_attention_2'] = False
         cfg['attn_implementation'] = 'sdpa'
+    swap_cuda_only_kernels(cfg, changed)
+    return name, cfg, changed
+
+
+def swap_cuda_only_kernels(cfg: dict[str, Any], changed: list[str]) -> None:
+    """MPT's flash attention -> torch and the fused CE (CUDA only) -> torch's, in ``cfg`` (a ``model:`` without
+    ``name``), each change noted in ``changed``: the same parameters and FLOPs on CPU (also estimate.py's build)."""
     attn = cfg.get('attn_config')
     if isinstance(attn, dict) and attn.get('attn_impl') == 'flash':
         cfg['attn_config'] = {**attn, 'attn_impl': 'torch'}
@@ -77,7 +84,6 @@ def cpu_model_config(model_cfg: dict[str, Any]) -> tuple[str, dict[str, Any], li
     if cfg.get('loss_fn') == 'fused_crossentropy':
         cfg['loss_fn'] = 'torch_crossentropy'
         changed.append('loss_fn: fused_crossentropy -> torch_crossentropy')
-    return name, cfg, changed
 
 
 @contextlib.contextmanager

@@ -27,13 +27,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import math
 import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -454,10 +452,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     with contextlib.ExitStack() as stack:
         if not args.verbose:
-            stack.enter_context(warnings.catch_warnings())
-            warnings.simplefilter('ignore')
-            for name in ('llmfoundry', 'transformers', 'composer', 'streaming', 'composer_let'):
-                logging.getLogger(name).setLevel(logging.ERROR)
+            estimate.silence_libraries(stack, ('llmfoundry', 'transformers', 'composer', 'streaming', 'composer_let'))
         try:
             report = run_check(args)
         except (estimate.EstimateError, StrengthCheckError) as e:

@@ -138,13 +138,9 @@ def weightless_model_config(model_cfg: dict[str, Any]) -> tuple[str, dict[str, A
         cfg['use_flash_attention_2'] = False
         cfg['attn_implementation'] = 'eager'
         changed.append(f'attention: {before} -> eager')
-    attn = cfg.get('attn_config')
-    if isinstance(attn, dict) and attn.get('attn_impl') == 'flash':
-        cfg['attn_config'] = {**attn, 'attn_impl': 'torch'}
-        changed.append('attn_impl: flash -> torch')
-    if cfg.get('loss_fn') == 'fused_crossentropy':
-        cfg['loss_fn'] = 'torch_crossentropy'
-        changed.append('loss_fn: fused_crossentropy -> torch_crossentropy')
+    from composer_let.strength_check import swap_cuda_only_kernels
+
+    swap_cuda_only_kernels(cfg, changed)
     return name, cfg, changed
 
 
@@ -749,15 +745,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def silence_libraries(stack: contextlib.ExitStack, loggers: tuple[str, ...]) -> None:
+    """For the life of ``stack``: no Python warnings, and only errors from these libraries' loggers."""
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter('ignore')
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Print the checks' outcome and the cost table; exit with status 1 and the YAML key on a failed check."""
     args = parse_args(argv)
     with contextlib.ExitStack() as stack:
         if not args.verbose:
-            stack.enter_context(warnings.catch_warnings())
-            warnings.simplefilter('ignore')
-            for name in ('llmfoundry', 'transformers', 'composer'):
-                logging.getLogger(name).setLevel(logging.ERROR)
+            silence_libraries(stack, ('llmfoundry', 'transformers', 'composer'))
         try:
             report = estimate(args.yaml, args.overrides, args.gpus, args.gpus_per_node, args.sample_text)
         except EstimateError as e:
