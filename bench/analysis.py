@@ -10,21 +10,7 @@ import math
 import statistics
 from typing import Any
 
-
-def first_reach(curve: list[dict[str, float]], loss: float | None, axis: str = 'step') -> float | None:
-    """Where the eval curve first reaches ``loss`` (linear interpolation between evals), or None (also when
-    ``loss`` is None: a teacher whose loss is over other tokens than the target's)."""
-    if loss is None:
-        return None
-    prev = None
-    for point in curve:
-        if point['loss'] <= loss:
-            if prev is None or prev['loss'] == point['loss']:
-                return point[axis]
-            frac = (prev['loss'] - loss) / (prev['loss'] - point['loss'])
-            return prev[axis] + frac * (point[axis] - prev[axis])
-        prev = point
-    return None
+from composer_let.curves import first_reach
 
 
 def speedup(baseline: list[dict[str, float]], arm: list[dict[str, float]], axis: str = 'step') -> dict[str, Any]:

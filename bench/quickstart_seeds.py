@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from analysis import spread
+from analysis import first_reach, spread
 
 from composer_let.prep import quickstart as qs
 
@@ -92,7 +92,7 @@ def summarize(out: Path) -> dict[str, Any]:
             if arm == 'baseline' or record_seed != seed:
                 continue
             loss = record['evals'][-1]['loss']
-            step = qs.steps_to_reach(record['evals'], target)
+            step = first_reach(record['evals'], target, axis='batch')
             speedup = None if step is None else final_step / step
             row[arm] = {'final_eval_loss': loss, 'gap': loss - target, 'speedup_steps': speedup}
             arms.setdefault(arm, {'gap': [], 'speedup_steps': []})

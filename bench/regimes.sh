@@ -45,6 +45,13 @@ case "${1:-}" in
   cross)  # issue 12: the same teacher recipe on a 4096-token BPE, LET across tokenizers at the best λ0
     # (runs before 2026-12-03 built the target from the teacher's folder: keyed apart, rerun here)
     run --regime teacher-ahead --cross-teacher --seeds 1,2 --arms "baseline;let:lambda0=$best" ;;
+  cross-old-rule)  # issue 25.2: phase cross's LET arm with the position map before issue 25 (bench/old-rule.patch:
+    # the last teacher token ending by the student token's end, words or not; the document fix kept), keyed apart
+    tree="$(mktemp -d)/old-rule"
+    git worktree add --detach "$tree" HEAD >/dev/null && git -C "$tree" apply "$PWD/bench/old-rule.patch"
+    PYTHONPATH="$tree" "$py" "$tree/bench/convergence.py" --jobs 2 --results "$PWD/bench/results" \
+      --regime teacher-ahead --cross-teacher --seeds 1,2 --arms "baseline;let:lambda0=$best"
+    git worktree remove --force "$tree" ;;
   overtake)  # the paper's regime (1800 steps: ~3.6x a short run): the best λ0 of teacher-ahead, fixed and auto stop
     run --regime overtake --seeds 1,2,3 --arms "baseline;let:lambda0=$best;let:lambda0=$best,stop=auto,stop_horizon=1"
     run --regime overtake --seeds 1,2 --arms "baseline;let:lambda0=$best,stop=0.5dur"
@@ -87,5 +94,5 @@ case "${1:-}" in
     done ;;
   strength-512)  # issue 29: width 512, the baseline and the two best arms of each knob at 256 (BEST_512, ';'-separated)
     "$py" bench/convergence.py --jobs "${JOBS:-2}" --regime teacher-ahead --width 512 --seeds 1,2 --arms "baseline;${BEST_512:?}" ;;
-  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|strength|strength-512|auto-weak|best-ahead|sweep-weak|cross|overtake|sweep-overtake|width|width-overtake|horizon|more-seeds|placebo|import" >&2; exit 2 ;;
+  *) echo "usage: bash bench/regimes.sh base|sweep-ahead|strength|strength-512|auto-weak|best-ahead|sweep-weak|cross|cross-old-rule|overtake|sweep-overtake|width|width-overtake|horizon|more-seeds|placebo|import" >&2; exit 2 ;;
 esac

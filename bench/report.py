@@ -222,9 +222,13 @@ def feed_forward_arms(result: dict[str, Any]) -> set[str]:
 
 
 def withdrawn(result: dict[str, Any]) -> bool:
-    """A cross-tokenizer experiment with LET runs made before the 2026-12-03 fix (the tokenizers were equal)."""
+    """A cross-tokenizer experiment with LET runs made before the 2026-12-03 fix (the tokenizers were equal).
+
+    Those runs carry no ``cross_tokenizer`` mark; runs since carry ``CROSS_TOKENIZER_RUNS`` (or, for phase
+    ``cross-old-rule`` of ``bench/regimes.sh``, ``bench/old-rule.patch``'s variant of it).
+    """
     return bool(result['plan'].get('cross_tokenizer')) and any(
-        r['arm'].get('let') and r.get('cross_tokenizer') != CROSS_TOKENIZER_RUNS for r in result['runs']
+        r['arm'].get('let') and r.get('cross_tokenizer') is None for r in result['runs']
     )
 
 

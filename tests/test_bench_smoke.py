@@ -6,6 +6,8 @@ import importlib
 import json
 import math
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -307,3 +309,9 @@ def test_strength_verdict_names_the_knob_that_stays_put() -> None:
     assert verdict(both_move)['carries'] == 'neither'
     no_ratio_arms = [row(1.0, 3.0, None), row(0.5, 10.0, None)]
     assert verdict(no_ratio_arms)['carries'] == 'neither'
+
+
+def test_the_speedup_measure_imports_without_the_training_stack() -> None:
+    """``bench/analysis.py`` and the quickstart share ``composer_let.curves``; importing it must not load Composer."""
+    code = 'import sys, composer_let.curves, analysis; assert "composer" not in sys.modules, "composer was imported"'
+    subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT / 'bench')

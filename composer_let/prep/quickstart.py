@@ -35,6 +35,8 @@ from typing import Any
 from composer.core import State
 from composer.loggers import Logger, LoggerDestination
 
+from composer_let.curves import first_reach
+
 CHECKOUT = Path(__file__).resolve().parents[2]  # the composer-let clone this module runs from
 
 
@@ -313,7 +315,7 @@ def summarize(
         }
     target = runs['baseline']['final_eval_loss']
     reached = next((e for e in let['evals'] if e['loss'] <= target), None)
-    step = steps_to_reach(let['evals'], target)
+    step = first_reach(let['evals'], target, axis='batch')
     return {
         'plan': asdict(plan),
         'student_parameters': baseline['parameters'],
@@ -332,19 +334,6 @@ def summarize(
         'speedup_steps': None if step is None else runs['baseline']['final_step'] / step,
         'final_eval_loss_gap': runs['let']['final_eval_loss'] - target,
     }
-
-
-def steps_to_reach(evals: list[dict[str, float]], loss: float) -> float | None:
-    """The step at which an eval curve first reaches ``loss``, linearly interpolated between evals (None: never)."""
-    previous = None
-    for point in evals:
-        if point['loss'] <= loss:
-            if previous is None or previous['loss'] == point['loss']:
-                return point['batch']
-            share = (previous['loss'] - loss) / (previous['loss'] - point['loss'])
-            return previous['batch'] + share * (point['batch'] - previous['batch'])
-        previous = point
-    return None
 
 
 def read_regime(steps: list[dict[str, float]]) -> dict[str, Any]:
