@@ -3,8 +3,9 @@
 Reads report summaries (``bench/report.py``'s ``<name>.json``) of teacher-ahead experiments that differ only in
 how hard one unit of λ pulls at the hooked block (target width 32-512; the width-free control: width 64 with the
 tied embedding scaled at init, ``-e<scale>``), and for each the best absolute λ0 and the best ``strength:
-relative`` grad_ratio (by mean final loss, arms with ≥ 2 seeds). A knob *carries* when its best point stays within
-one grid step over the whole range while the other's moves ≥ 2 steps (issue 29)::
+relative`` grad_ratio (by mean final loss, arms with ≥ 2 seeds; a knob with one such arm in an experiment has no
+best point there). A knob *carries* when, over ≥ 8× of pull per λ, its best point stays within one grid step while
+the other's moves ≥ 2 steps, each knob having a best point in ≥ 2 experiments (issue 29)::
 
     python bench/strength_verdict.py bench/reported/strength --out bench/reported/strength/verdict
 
@@ -26,6 +27,7 @@ from common import write_json
 LAMBDA0_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 RATIO_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
 MIN_SEEDS = 2
+MIN_PULL_SPAN = 8.0  # issue 29: the weakest and strongest pull per λ at least this far apart
 
 
 def grid_step(value: float, grid: tuple[float, ...]) -> int:
@@ -52,6 +54,11 @@ def knob_points(summary: dict[str, Any], sweep: dict[str, str]) -> dict[float, d
     return points
 
 
+def best_point(points: dict[float, dict[str, Any]]) -> float | None:
+    """The grid value with the lowest mean final loss; None with fewer than two points (nothing was compared)."""
+    return min(points, key=lambda v: points[v]['final_loss']) if len(points) > 1 else None
+
+
 def study(folder: Path, pulls: dict[str, float]) -> list[dict[str, Any]]:
     """One row per experiment in ``folder`` that has a pull per λ: its best point of each knob."""
     rows = []
@@ -73,8 +80,8 @@ def study(folder: Path, pulls: dict[str, float]) -> list[dict[str, Any]]:
                 'baseline_seeds': baseline.get('n'),
                 'lambda0': absolute,
                 'grad_ratio': relative,
-                'best_lambda0': min(absolute, key=lambda v: absolute[v]['final_loss']) if absolute else None,
-                'best_grad_ratio': min(relative, key=lambda v: relative[v]['final_loss']) if relative else None,
+                'best_lambda0': best_point(absolute),
+                'best_grad_ratio': best_point(relative),
             }
         )
     return sorted(rows, key=lambda r: -r['pull_per_lambda'])
@@ -85,7 +92,7 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     moves = {}
     for knob, grid in (('lambda0', LAMBDA0_GRID), ('grad_ratio', RATIO_GRID)):
         steps = [grid_step(r[f'best_{knob}'], grid) for r in rows if r[f'best_{knob}'] is not None]
-        moves[knob] = max(steps) - min(steps) if steps else None
+        moves[knob] = max(steps) - min(steps) if len(steps) > 1 else None
     # The range the verdict rests on: the experiments where either knob has a best point.
     pulls = [r['pull_per_lambda'] for r in rows if r['best_lambda0'] is not None or r['best_grad_ratio'] is not None]
     span = max(pulls) / min(pulls) if pulls else None
@@ -94,6 +101,8 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for k, other in (('lambda0', 'grad_ratio'), ('grad_ratio', 'lambda0'))
         if moves[k] is not None and moves[other] is not None and moves[k] <= 1 and moves[other] >= 2
     ]
+    if span is None or span < MIN_PULL_SPAN:
+        carries = []
     return {'pull_span': span, 'moves_in_grid_steps': moves, 'carries': carries[0] if carries else 'neither'}
 
 
@@ -124,7 +133,8 @@ def markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
         'batch 1 of an untrained target (`bench/pull_per_lambda.py`).',
         '',
         f'Pull per λ spans {result["pull_span"]:.1f}× over the experiments with a best point. The best λ0 moves '
-        f'{moves["lambda0"]} grid step(s) across them, the best grad_ratio {moves["grad_ratio"]}. '
+        f'{moves["lambda0"]} grid step(s) across them, the best grad_ratio {moves["grad_ratio"]} (a verdict needs '
+        f'≥ {MIN_PULL_SPAN:g}× of pull and a best point of each knob, ≥ 2 arms, in ≥ 2 experiments). '
         f'**Verdict: {result["carries"]}.**',
     ]
     return '\n'.join(lines) + '\n'

@@ -309,6 +309,10 @@ def test_strength_verdict_names_the_knob_that_stays_put() -> None:
     assert verdict(both_move)['carries'] == 'neither'
     no_ratio_arms = [row(1.0, 3.0, None), row(0.5, 10.0, None)]
     assert verdict(no_ratio_arms)['carries'] == 'neither'
+    short_range = [row(1.0, 1.0, 3.0), row(0.3, 3.0, 3.0), row(0.25, 10.0, 3.0)]  # 4x of pull: short of 8x
+    assert verdict(short_range)['carries'] == 'neither'
+    one_ratio_point = [row(1.0, 1.0, None), row(0.3, 3.0, None), row(0.1, 10.0, 3.0)]  # nothing to compare it with
+    assert verdict(one_ratio_point)['carries'] == 'neither'
 
 
 def test_the_speedup_measure_imports_without_the_training_stack() -> None:
