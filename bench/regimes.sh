@@ -48,10 +48,11 @@ case "${1:-}" in
   cross-old-rule)  # issue 25.2: phase cross's LET arm with the position map before issue 25 (bench/old-rule.patch:
     # the last teacher token ending by the student token's end, words or not; the document fix kept), keyed apart
     tree="$(mktemp -d)/old-rule"
-    git worktree add --detach "$tree" HEAD >/dev/null && git -C "$tree" apply "$PWD/bench/old-rule.patch"
+    git worktree add --detach "$tree" HEAD >/dev/null
+    trap 'git worktree remove --force "$tree"' EXIT  # also when a run fails
+    git -C "$tree" apply "$PWD/bench/old-rule.patch"
     PYTHONPATH="$tree" "$py" "$tree/bench/convergence.py" --jobs 2 --results "$PWD/bench/results" \
-      --regime teacher-ahead --cross-teacher --seeds 1,2 --arms "baseline;let:lambda0=$best"
-    git worktree remove --force "$tree" ;;
+      --regime teacher-ahead --cross-teacher --seeds 1,2 --arms "baseline;let:lambda0=$best" ;;
   overtake)  # the paper's regime (1800 steps: ~3.6x a short run): the best λ0 of teacher-ahead, fixed and auto stop
     run --regime overtake --seeds 1,2,3 --arms "baseline;let:lambda0=$best;let:lambda0=$best,stop=auto,stop_horizon=1"
     run --regime overtake --seeds 1,2 --arms "baseline;let:lambda0=$best,stop=0.5dur"
