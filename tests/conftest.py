@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,6 +69,22 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     save_llama(out / 'teacher', tokenizer, hidden=32, layers=2, heads=2, max_positions=128)
     write_token_shards(out / 'data', tokenizer, texts, seq_len=SEQ_LEN)
     return {'teacher': out / 'teacher', 'data': out / 'data', 'tokenizer': out / 'tokenizer'}
+
+
+@pytest.fixture(scope='session')
+def packed_data(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``data``: MDS shards of short documents (paragraphs of stdlib sources), most 64-token rows holding
+    several; ``eos``: the tokenizer's EOS id. For the packed-documents and cross-tokenizer tests."""
+    from transformers import AutoTokenizer
+
+    from composer_let.prep.tiny import stdlib_texts, write_token_shards
+
+    tokenizer = AutoTokenizer.from_pretrained(assets['tokenizer'])
+    paragraphs = [p.strip() for text in stdlib_texts(200_000) for p in text.split('\n\n')]
+    docs = [p for p in paragraphs if 20 <= len(p) <= 200][:600]
+    folder = tmp_path_factory.mktemp('packed')
+    write_token_shards(folder, tokenizer, docs, seq_len=SEQ_LEN)
+    return {'data': folder, 'eos': tokenizer.eos_token_id}
 
 
 @pytest.fixture(scope='session')

@@ -24,7 +24,7 @@ from composer_let import LET
 from composer_let.cross_tokenizer import TokenBridge
 from composer_let.teacher import TeacherRunner
 
-from conftest import SEQ_LEN, in_memory, let_of
+from conftest import in_memory, let_of
 
 GPT2_BYTES = {c: b for b, c in bytes_to_unicode().items()}
 
@@ -54,21 +54,6 @@ class CrossSeen(Callback):
 
 registry.callbacks.register('cross_tokenizer_seen', func=CrossSeen)
 SEEN = 'callbacks={cross_tokenizer_seen: {}}'
-
-
-@pytest.fixture(scope='module')
-def packed_data(assets, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """MDS shards of short documents (paragraphs of stdlib sources): most 64-token rows hold several."""
-    from transformers import AutoTokenizer
-
-    from composer_let.prep.tiny import stdlib_texts, write_token_shards
-
-    tokenizer = AutoTokenizer.from_pretrained(assets['tokenizer'])
-    paragraphs = [p.strip() for text in stdlib_texts(200_000) for p in text.split('\n\n')]
-    docs = [p for p in paragraphs if 20 <= len(p) <= 200][:600]
-    folder = tmp_path_factory.mktemp('packed')
-    write_token_shards(folder, tokenizer, docs, seq_len=SEQ_LEN)
-    return {'data': folder, 'eos': tokenizer.eos_token_id}
 
 
 def packed(data: dict[str, Any]) -> tuple[str, str]:

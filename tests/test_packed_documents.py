@@ -17,22 +17,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from llmfoundry import registry
 
-from conftest import SEQ_LEN, in_memory
-
-
-@pytest.fixture(scope='module')
-def packed_data(assets, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """MDS shards of short documents (paragraphs of stdlib sources): most 64-token rows hold several."""
-    from transformers import AutoTokenizer
-
-    from composer_let.prep.tiny import stdlib_texts, write_token_shards
-
-    tokenizer = AutoTokenizer.from_pretrained(assets['tokenizer'])
-    paragraphs = [p.strip() for text in stdlib_texts(200_000) for p in text.split('\n\n')]
-    docs = [p for p in paragraphs if 20 <= len(p) <= 200][:600]
-    folder = tmp_path_factory.mktemp('packed')
-    write_token_shards(folder, tokenizer, docs, seq_len=SEQ_LEN)
-    return {'data': folder, 'eos': tokenizer.eos_token_id}
+from conftest import in_memory
 
 
 class TeacherSeen(Callback):
