@@ -110,6 +110,16 @@ def icl_subset(folder: Path, rows: int) -> Path:
     return folder
 
 
+def tiny_variables(assets: dict[str, Path]) -> list[str]:
+    """The YAML overrides that point a shipped CPU YAML at the tiny assets."""
+    return [
+        f'variables.teacher={assets["teacher"]}',
+        f'variables.data_local={assets["data"]}',
+        f'variables.vocab_size={VOCAB}',
+        f'variables.max_seq_len={SEQ_LEN}',
+    ]
+
+
 def yaml_path(name: str) -> str:
     return str(ROOT / 'yamls' / 'cpu' / f'{name}.yaml')
 
@@ -121,10 +131,7 @@ def train(assets: dict[str, Path], tmp_path: Path):
 
     def run(name: str, *overrides: str):
         args = [
-            f'variables.teacher={assets["teacher"]}',
-            f'variables.data_local={assets["data"]}',
-            f'variables.vocab_size={VOCAB}',
-            f'variables.max_seq_len={SEQ_LEN}',
+            *tiny_variables(assets),
             'loggers={inmemory: {}}',
             'python_log_level=info',
             *overrides,

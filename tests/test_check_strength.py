@@ -6,13 +6,12 @@ import contextlib
 import importlib.util
 import io
 import json
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-from conftest import ROOT, SEQ_LEN, VOCAB, in_memory, yaml_path
+from conftest import ROOT, SEQ_LEN, VOCAB, in_memory, tiny_variables, yaml_path
 
 
 def load_script() -> ModuleType:
@@ -27,16 +26,6 @@ def script() -> ModuleType:
     return load_script()
 
 
-def tiny_args(assets: dict[str, Path]) -> list[str]:
-    """The overrides the ``train`` fixture passes (minus its logger settings)."""
-    return [
-        f'variables.teacher={assets["teacher"]}',
-        f'variables.data_local={assets["data"]}',
-        f'variables.vocab_size={VOCAB}',
-        f'variables.max_seq_len={SEQ_LEN}',
-    ]
-
-
 def check(script: ModuleType, *argv: str) -> tuple[dict, str]:
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -48,7 +37,7 @@ def check(script: ModuleType, *argv: str) -> tuple[dict, str]:
 def test_batch_one_matches_training(script, assets, train, tmp_path, name):
     """The tool's batch 1 is the run's batch 1: same student init, same rows, same λ, same ratio (within 1%)."""
     out = tmp_path / 'strength.json'
-    report, printed = check(script, yaml_path(name), *tiny_args(assets), '--batches', '2', '--json', str(out))
+    report, printed = check(script, yaml_path(name), *tiny_variables(assets), '--batches', '2', '--json', str(out))
     trainer = train(name, 'max_duration=1ba')
     logged = in_memory(trainer).data['let/grad_ratio'][0][1]
     assert report['grad_ratio'][0] == pytest.approx(float(logged), rel=0.01)
@@ -76,7 +65,7 @@ def test_relative_and_fallback_text(script, assets, tmp_path):
     report, printed = check(
         script,
         yaml_path('llama-let'),
-        *tiny_args(assets),
+        *tiny_variables(assets),
         f'variables.data_local={tmp_path / "absent"}',
         'algorithms.let.lambda0=null',
         'algorithms.let.strength=relative',
@@ -98,7 +87,7 @@ def test_relative_and_fallback_text(script, assets, tmp_path):
 
 def test_no_let_block_is_a_clear_error(script, assets, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        script.main([yaml_path('llama-baseline'), *tiny_args(assets)])
+        script.main([yaml_path('llama-baseline'), *tiny_variables(assets)])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert 'algorithms.let' in err and 'no let block' in err
@@ -106,7 +95,7 @@ def test_no_let_block_is_a_clear_error(script, assets, capsys):
 
 def test_missing_teacher_names_its_key(script, assets, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        script.main([yaml_path('llama-let'), *tiny_args(assets), f'algorithms.let.teacher={tmp_path / "none"}'])
+        script.main([yaml_path('llama-let'), *tiny_variables(assets), f'algorithms.let.teacher={tmp_path / "none"}'])
     assert 'algorithms.let.teacher=' in capsys.readouterr().err
 
 
@@ -133,7 +122,7 @@ def test_leaf_output_changes_nothing_forward(assets):
 def test_too_little_memory_prints_the_need(script, assets, capsys):
     """Planned from parameter counts before anything is built: status 2 and what the check needs."""
     with pytest.raises(SystemExit) as exit_info:
-        script.main([yaml_path('llama-let'), *tiny_args(assets), '--max-memory', '0.5'])
+        script.main([yaml_path('llama-let'), *tiny_variables(assets), '--max-memory', '0.5'])
     assert exit_info.value.code == 2
     out = capsys.readouterr().out
     assert 'the check needs ~' in out and '--max-memory 0.5' in out and 'GiB' in out

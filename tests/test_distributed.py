@@ -26,7 +26,7 @@ import torch
 
 import composer_let.guidance
 
-from conftest import ROOT, SEQ_LEN, VOCAB, composer_two_processes, in_memory, yaml_path
+from conftest import ROOT, composer_two_processes, in_memory, tiny_variables, yaml_path
 
 KEYS = ('loss/train/total', 'loss/train/let_align', 'let/lambda', 'let/cosine', 'let/grad_ratio')
 # 4 batches of 4 rows; λ from 0.1 to 0 at batch 2, so batches 3-4 run after stop with an idle projection.
@@ -58,10 +58,7 @@ def run_in_process(assets: dict[str, Path], workdir: Path, name: str, *overrides
 
 def base_overrides(assets: dict[str, Path]) -> list[str]:
     return [
-        f'variables.teacher={assets["teacher"]}',
-        f'variables.data_local={assets["data"]}',
-        f'variables.vocab_size={VOCAB}',
-        f'variables.max_seq_len={SEQ_LEN}',
+        *tiny_variables(assets),
         'loggers={inmemory: {}}',
     ]
 

@@ -41,7 +41,7 @@ def expected_projection():
 
 
 def launch(tmp_path: Path, assets: dict[str, Path], init_device: str) -> list[dict[str, Any]]:
-    from conftest import SEQ_LEN, VOCAB, composer_two_processes, yaml_path
+    from conftest import composer_two_processes, tiny_variables, yaml_path
 
     out = tmp_path / 'ranks'
     result, logs = composer_two_processes(
@@ -49,10 +49,7 @@ def launch(tmp_path: Path, assets: dict[str, Path], init_device: str) -> list[di
         __file__,
         str(out),
         yaml_path('mpt-let'),
-        f'variables.teacher={assets["teacher"]}',
-        f'variables.data_local={assets["data"]}',
-        f'variables.vocab_size={VOCAB}',
-        f'variables.max_seq_len={SEQ_LEN}',
+        *tiny_variables(assets),
         'loggers={inmemory: {}}',
         'fsdp_config={mixed_precision: FULL, state_dict_type: full}',
         f'model.init_device={init_device}',

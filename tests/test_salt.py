@@ -207,7 +207,7 @@ def test_bad_runs_fail_before_training(train, padded_teacher, tmp_path: Path, ov
 @pytest.mark.slow
 def test_fsdp2_two_processes_match_one(train, assets, tmp_path: Path) -> None:
     """SALT under FSDP2 on 2 CPU processes logs the same losses as one process (same global batches)."""
-    from conftest import SEQ_LEN, VOCAB, composer_two_processes, yaml_path
+    from conftest import composer_two_processes, tiny_variables, yaml_path
 
     overrides = ['max_duration=3ba', 'algorithms.salt.stop=2ba', 'eval_interval=3ba']
     single = train('mpt-salt', *overrides)
@@ -217,10 +217,7 @@ def test_fsdp2_two_processes_match_one(train, assets, tmp_path: Path) -> None:
         __file__,
         str(out),
         yaml_path('mpt-salt'),
-        f'variables.teacher={assets["teacher"]}',
-        f'variables.data_local={assets["data"]}',
-        f'variables.vocab_size={VOCAB}',
-        f'variables.max_seq_len={SEQ_LEN}',
+        *tiny_variables(assets),
         'loggers={inmemory: {}}',
         'fsdp_config={mixed_precision: FULL, state_dict_type: full}',
         'device_train_microbatch_size=2',

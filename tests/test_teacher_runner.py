@@ -32,7 +32,7 @@ from transformers import (
 
 from composer_let.teacher import TeacherRunner
 
-from conftest import SEQ_LEN, VOCAB, in_memory, let_of, runner_of, yaml_path
+from conftest import SEQ_LEN, VOCAB, in_memory, let_of, runner_of, tiny_variables, yaml_path
 
 LAYERS = 4
 MIDDLE, LAST = LAYERS // 2 - 1, LAYERS - 1  # the strategies' Middle and Late teacher blocks
@@ -346,10 +346,7 @@ def train_yaml(assets: dict[str, Path], tmp_path: Path, config: dict[str, Any], 
         return train_from_yaml(
             str(path),
             [
-                f'variables.teacher={assets["teacher"]}',
-                f'variables.data_local={assets["data"]}',
-                f'variables.vocab_size={VOCAB}',
-                f'variables.max_seq_len={SEQ_LEN}',
+                *tiny_variables(assets),
                 'loggers={inmemory: {}}',
                 *overrides,
             ],
