@@ -89,9 +89,10 @@ case "${1:-}" in
     run1() { "$py" bench/convergence.py --jobs "${JOBS:-2}" --regime teacher-ahead --seeds 1,2 "$@"; }
     run1 --width 256 --lambda0s 1,3,10,30,100 --arms "baseline;$rel"   # every arm at 256
     run1 --embed-scale 8 --lambda0s 1,3,10,30,100 --arms "baseline;$rel"   # the width-free control at 64
-    for w in 32 64 128; do  # the relative arms again with the feedback controller; λ0 30 where it had not run
+    for w in 32 64 128; do  # the relative arms again with the feedback controller; λ0 30 at 128 (10 was best there)
       width=(); [ "$w" = 64 ] || width=(--width "$w")
-      run1 "${width[@]}" --lambda0s 30 --arms "baseline;$rel"
+      l30=(); [ "$w" = 128 ] && l30=(--lambda0s 30)
+      run1 "${width[@]}" "${l30[@]}" --arms "baseline;$rel"
     done ;;
   strength-512)  # issue 29: width 512, the baseline and the two best arms of each knob at 256 (BEST_512, ';'-separated)
     "$py" bench/convergence.py --jobs "${JOBS:-2}" --regime teacher-ahead --width 512 --seeds 1,2 --arms "baseline;${BEST_512:?}" ;;
