@@ -3,9 +3,13 @@
 Reads report summaries (``bench/report.py``'s ``<name>.json``) of teacher-ahead experiments that differ only in
 how hard one unit of λ pulls at the hooked block (target width 32-512; the width-free control: width 64 with the
 tied embedding scaled at init, ``-e<scale>``), and for each the best absolute λ0 and the best ``strength:
-relative`` grad_ratio (by mean final loss, arms with ≥ 2 seeds; a knob with one such arm in an experiment has no
-best point there). A knob *carries* when, over ≥ 8× of pull per λ, its best point stays within one grid step while
-the other's moves ≥ 2 steps, each knob having a best point in ≥ 2 experiments (issue 29)::
+relative`` grad_ratio: the arm with the lowest mean final loss among those that beat the baseline beyond seed
+noise (arms with ≥ 2 seeds; a knob with one such arm in an experiment has no best point there, and none when no arm
+helped). A knob *carries* when, over ≥ 8× of pull per λ, its best point stays within one grid step while the
+other's moves ≥ 2 steps, each knob having a best point in ≥ 2 experiments, and it never *fails*: ≥ 2 of its arms
+compared in an experiment, none helping, where the other knob helped (issue 29). Pull per λ is read two ways, and
+the 8× must hold in both: on batch 1 of the untrained target (``bench/pull_per_lambda.py``, the issue's measure)
+and over the active phase as the runs logged it (``analysis.active_pull_per_lambda``, median over LET runs)::
 
     python bench/strength_verdict.py bench/reported/strength --out bench/reported/strength/verdict
 
@@ -17,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from analysis import active_pull_per_lambda
 from common import write_json
 
 LAMBDA0_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
@@ -49,14 +55,23 @@ def knob_points(summary: dict[str, Any], sweep: dict[str, str]) -> dict[float, d
             'speedup': entry.get('speedup_steps', {}).get('mean'),
             'speedup_std': entry.get('speedup_steps', {}).get('std'),
             'seeds': entry['final_loss']['n'],
+            'helps': helps(entry),
             'grad_ratio': (entry.get('diagnostics') or {}).get('grad_ratio'),
         }
     return points
 
 
+def helps(entry: dict[str, Any]) -> bool:
+    """Whether an arm ended below its seeds' baseline beyond seed noise (``analysis.within_noise``)."""
+    gap = entry.get('final_loss_minus_baseline')
+    return gap is not None and gap['mean'] < 0 and not gap['within_noise']
+
+
 def best_point(points: dict[float, dict[str, Any]]) -> float | None:
-    """The grid value with the lowest mean final loss; None with fewer than two points (nothing was compared)."""
-    return min(points, key=lambda v: points[v]['final_loss']) if len(points) > 1 else None
+    """The helping grid value with the lowest mean final loss; None with fewer than two points (nothing was
+    compared) or when no point helped."""
+    helping = [v for v in points if points[v]['helps']]
+    return min(helping, key=lambda v: points[v]['final_loss']) if len(points) > 1 and helping else None
 
 
 def study(folder: Path, pulls: dict[str, float]) -> list[dict[str, Any]]:
@@ -69,6 +84,7 @@ def study(folder: Path, pulls: dict[str, float]) -> list[dict[str, Any]]:
         if pull is None or 'cross-tokenizer' in name:
             continue
         summary = result['summary']
+        active = [p for run in result['runs'] if (p := active_pull_per_lambda(run['series'])) is not None]
         absolute = knob_points(summary, result.get('lambda0_sweep', {}))
         relative = knob_points(summary, result.get('grad_ratio_sweep', {}))
         baseline = summary.get('baseline', {}).get('final_loss', {})
@@ -76,34 +92,54 @@ def study(folder: Path, pulls: dict[str, float]) -> list[dict[str, Any]]:
             {
                 'name': name,
                 'pull_per_lambda': pull,
+                'active_pull_per_lambda': statistics.median(active) if active else None,
                 'baseline_final': baseline.get('mean'),
                 'baseline_seeds': baseline.get('n'),
                 'lambda0': absolute,
                 'grad_ratio': relative,
                 'best_lambda0': best_point(absolute),
                 'best_grad_ratio': best_point(relative),
+                'compared_lambda0': len(absolute) > 1,
+                'compared_grad_ratio': len(relative) > 1,
             }
         )
     return sorted(rows, key=lambda r: -r['pull_per_lambda'])
 
 
+def spread(values: list[float | None]) -> float | None:
+    """Largest over smallest of the known values; None if any is unknown or there are none."""
+    return max(values) / min(values) if values and None not in values else None
+
+
 def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """How far each knob's best point moves (in grid steps) across the rows, and which one carries."""
-    moves = {}
-    for knob, grid in (('lambda0', LAMBDA0_GRID), ('grad_ratio', RATIO_GRID)):
+    """How far each knob's best point moves (in grid steps) across the rows, where it fails, and which one
+    carries."""
+    moves, fails = {}, {}
+    for knob, grid, other in (('lambda0', LAMBDA0_GRID, 'grad_ratio'), ('grad_ratio', RATIO_GRID, 'lambda0')):
         steps = [grid_step(r[f'best_{knob}'], grid) for r in rows if r[f'best_{knob}'] is not None]
         moves[knob] = max(steps) - min(steps) if len(steps) > 1 else None
+        fails[knob] = [
+            r['name']
+            for r in rows
+            if r.get(f'compared_{knob}') and r[f'best_{knob}'] is None and r[f'best_{other}'] is not None
+        ]
     # The range the verdict rests on: the experiments where either knob has a best point.
-    pulls = [r['pull_per_lambda'] for r in rows if r['best_lambda0'] is not None or r['best_grad_ratio'] is not None]
-    span = max(pulls) / min(pulls) if pulls else None
+    ranked = [r for r in rows if r['best_lambda0'] is not None or r['best_grad_ratio'] is not None]
+    span, active_span = (spread([r.get(k) for r in ranked]) for k in ('pull_per_lambda', 'active_pull_per_lambda'))
     carries = [
         k
         for k, other in (('lambda0', 'grad_ratio'), ('grad_ratio', 'lambda0'))
-        if moves[k] is not None and moves[other] is not None and moves[k] <= 1 and moves[other] >= 2
+        if moves[k] is not None and moves[other] is not None and moves[k] <= 1 and moves[other] >= 2 and not fails[k]
     ]
-    if span is None or span < MIN_PULL_SPAN:
+    if span is None or span < MIN_PULL_SPAN or active_span is None or active_span < MIN_PULL_SPAN:
         carries = []
-    return {'pull_span': span, 'moves_in_grid_steps': moves, 'carries': carries[0] if carries else 'neither'}
+    return {
+        'pull_span': span,
+        'active_pull_span': active_span,
+        'moves_in_grid_steps': moves,
+        'fails_in': fails,
+        'carries': carries[0] if carries else 'neither',
+    }
 
 
 def markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
@@ -112,30 +148,47 @@ def markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
         if p is None:
             return '—'
         speed = '' if p['speedup'] is None else f'{p["speedup"]:.2f}×, '
-        return f'{speed}{p["delta"]:+.3f}' if p['delta'] is not None else speed
+        text = f'{speed}{p["delta"]:+.3f}' if p['delta'] is not None else speed
+        return text if p['helps'] else f'{text} (no help)'
+
+    def best(r: dict[str, Any], knob: str) -> str:
+        if r[f'best_{knob}'] is not None:
+            return f'{r[f"best_{knob}"]:g}'
+        return 'none helped' if r[f'compared_{knob}'] else '—'
 
     lambdas = sorted({v for r in rows for v in r['lambda0']})
     ratios = sorted({v for r in rows for v in r['grad_ratio']})
-    head = ['experiment', 'pull per λ', 'baseline final'] + [f'λ0 = {v:g}' for v in lambdas]
+    head = ['experiment', 'pull per λ (batch 1)', 'pull per λ (active phase)', 'baseline final']
+    head += [f'λ0 = {v:g}' for v in lambdas]
     head += [f'grad_ratio {v:g}' for v in ratios] + ['best λ0', 'best grad_ratio']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
     for r in rows:
-        cells = [r['name'], f'{r["pull_per_lambda"]:.3g}', f'{r["baseline_final"]:.3f} ({r["baseline_seeds"]})']
+        active = r.get('active_pull_per_lambda')
+        cells = [r['name'], f'{r["pull_per_lambda"]:.3g}', '—' if active is None else f'{active:.3g}']
+        cells += [f'{r["baseline_final"]:.3f} ({r["baseline_seeds"]})']
         cells += [cell(r['lambda0'], v) for v in lambdas] + [cell(r['grad_ratio'], v) for v in ratios]
-        cells += [f'{r["best_lambda0"]:g}' if r['best_lambda0'] else '—']
-        cells += [f'{r["best_grad_ratio"]:g}' if r['best_grad_ratio'] else '—']
+        cells += [best(r, 'lambda0'), best(r, 'grad_ratio')]
         lines.append('| ' + ' | '.join(cells) + ' |')
     moves = result['moves_in_grid_steps']
+
+    def fmt(span: float | None) -> str:
+        return '?' if span is None else f'{span:.1f}'
+
+    fails_text = {k: ', '.join(v) or 'nowhere' for k, v in result['fails_in'].items()}
     lines += [
         '',
         "Cells: speedup in steps to the baseline's final loss (mean over seeds), then the mean final-loss gap to "
-        f"the same seeds' baseline (nats); arms with ≥ {MIN_SEEDS} seeds. Pull per λ: `let/grad_ratio / λ` on "
-        'batch 1 of an untrained target (`bench/pull_per_lambda.py`).',
+        f"the same seeds' baseline (nats); arms with ≥ {MIN_SEEDS} seeds. *No help*: not below the baseline "
+        'beyond seed noise (every seed the same sign and the mean gap > 2 standard errors); such an arm is never a '
+        'best point. Pull per λ: `let/grad_ratio / λ` on batch 1 of an untrained target (`bench/pull_per_lambda.py`), '
+        'and Σ `let/grad_ratio` / Σ λ over the batches with λ > 0 of each LET run (median over runs).',
         '',
-        f'Pull per λ spans {result["pull_span"]:.1f}× over the experiments with a best point. The best λ0 moves '
+        f'Pull per λ spans {fmt(result["pull_span"])}× on batch 1 and {fmt(result["active_pull_span"])}× over the '
+        'active phase across the experiments with a best point. The best λ0 moves '
         f'{moves["lambda0"]} grid step(s) across them, the best grad_ratio {moves["grad_ratio"]} (a verdict needs '
-        f'≥ {MIN_PULL_SPAN:g}× of pull and a best point of each knob, ≥ 2 arms, in ≥ 2 experiments). '
-        f'**Verdict: {result["carries"]}.**',
+        f'≥ {MIN_PULL_SPAN:g}× of pull by both measures and a best point of each knob, ≥ 2 arms, in ≥ 2 experiments). '
+        f'Where a knob had ≥ 2 arms and none helped while the other knob helped: λ0 {fails_text["lambda0"]}; '
+        f'grad_ratio {fails_text["grad_ratio"]} (such a knob does not carry). **Verdict: {result["carries"]}.**',
     ]
     return '\n'.join(lines) + '\n'
 

@@ -294,24 +294,56 @@ def test_quickstart_seeds_pairs_each_arm_with_its_seeds_baseline(tmp_path: Path)
 
 
 def test_strength_verdict_names_the_knob_that_stays_put() -> None:
-    verdict = _bench('strength_verdict').verdict
+    strength_verdict = _bench('strength_verdict')
+    verdict = strength_verdict.verdict
 
-    def row(pull: float, best_lambda0: float | None, best_ratio: float | None) -> dict:
-        return {'pull_per_lambda': pull, 'best_lambda0': best_lambda0, 'best_grad_ratio': best_ratio}
+    def row(
+        pull: float, best_lambda0: float | None, best_ratio: float | None, compared: bool = True, active: float = 0
+    ) -> dict:
+        return {
+            'name': f'pull {pull:g}',
+            'pull_per_lambda': pull,
+            'active_pull_per_lambda': active or pull,
+            'best_lambda0': best_lambda0,
+            'best_grad_ratio': best_ratio,
+            'compared_lambda0': compared,
+            'compared_grad_ratio': compared,
+        }
 
     moving_lambda = [row(1.0, 1.0, 3.0), row(0.3, 3.0, 3.0), row(0.1, 10.0, 1.0)]
     assert verdict(moving_lambda) == {
         'pull_span': pytest.approx(10.0),
+        'active_pull_span': pytest.approx(10.0),
         'moves_in_grid_steps': {'lambda0': 2, 'grad_ratio': 1},
+        'fails_in': {'lambda0': [], 'grad_ratio': []},
         'carries': 'grad_ratio',
     }
+    # The same, except that the weakest pull on batch 1 rose to 0.5 over the active phase: 1 to 0.3, short of 8x.
+    recovered = [*moving_lambda[:2], row(0.1, 10.0, 1.0, active=0.5)]
+    assert verdict(recovered)['active_pull_span'] == pytest.approx(1.0 / 0.3)
+    # Σ grad_ratio / Σ λ over the batches with λ > 0 (batch 3's ratio, at λ = 0, is left out).
+    series = {'let/grad_ratio': [[1, 2.0], [2, 4.0], [3, 9.0]], 'let/lambda': [[1, 1.0], [2, 2.0], [3, 0.0]]}
+    assert _bench('analysis').active_pull_per_lambda(series) == pytest.approx(2.0)
+    assert _bench('analysis').active_pull_per_lambda({}) is None
+    assert verdict(recovered)['carries'] == 'neither'
+    # The same, except that no grad_ratio helped at the weakest pull while λ0 = 10 did: grad_ratio does not carry.
+    ratio_fails = [row(1.0, 1.0, 3.0), row(0.3, 3.0, 3.0), row(0.2, 3.0, 3.0), row(0.1, 10.0, None)]
+    assert verdict(ratio_fails)['fails_in'] == {'lambda0': [], 'grad_ratio': ['pull 0.1']}
+    assert verdict(ratio_fails)['carries'] == 'neither'
+    # A best point must help beyond seed noise: the lowest final loss of arms that all lost to the baseline is none.
+    point = {'final_loss': 4.0, 'helps': False}
+    assert strength_verdict.best_point({1.0: point, 3.0: {**point, 'final_loss': 4.1}}) is None
+    assert strength_verdict.best_point({1.0: point, 3.0: {'final_loss': 4.1, 'helps': True}}) == 3.0
+    assert strength_verdict.helps({'final_loss_minus_baseline': {'mean': -0.05, 'within_noise': False}})
+    assert not strength_verdict.helps({'final_loss_minus_baseline': {'mean': -0.05, 'within_noise': True}})
+    assert not strength_verdict.helps({'final_loss_minus_baseline': {'mean': 0.05, 'within_noise': False}})
     both_move = [row(1.0, 1.0, 1.0), row(0.1, 10.0, 10.0)]
     assert verdict(both_move)['carries'] == 'neither'
     no_ratio_arms = [row(1.0, 3.0, None), row(0.5, 10.0, None)]
     assert verdict(no_ratio_arms)['carries'] == 'neither'
     short_range = [row(1.0, 1.0, 3.0), row(0.3, 3.0, 3.0), row(0.25, 10.0, 3.0)]  # 4x of pull: short of 8x
     assert verdict(short_range)['carries'] == 'neither'
-    one_ratio_point = [row(1.0, 1.0, None), row(0.3, 3.0, None), row(0.1, 10.0, 3.0)]  # nothing to compare it with
+    one_ratio_point = [row(1.0, 1.0, None, False), row(0.3, 3.0, None, False), row(0.1, 10.0, 3.0)]  # 1 point
     assert verdict(one_ratio_point)['carries'] == 'neither'
 
 
