@@ -67,12 +67,16 @@ def pull_per_lambda(series: dict[str, list[list[float]]]) -> float | None:
     return ratio[1] / lam[1] if ratio.get(1) is not None and lam.get(1) else None
 
 
-def active_pull_per_lambda(series: dict[str, list[list[float]]]) -> float | None:
-    """Σ ``let/grad_ratio`` / Σ ``let/lambda`` over the batches with λ > 0: the pull per unit of λ a run met
-    over its whole active phase (batch 1's can be far from it: the target changes under the guidance); None
-    without LET's logs."""
+def active_pull_per_lambda(series: dict[str, list[list[float]]], batches: range | None = None) -> float | None:
+    """Σ ``let/grad_ratio`` / Σ ``let/lambda`` over the batches with λ > 0 (only those in ``batches`` if given):
+    the pull per unit of λ a run met over its active phase (batch 1's can be far from it: the target changes
+    under the guidance); None without LET's logs."""
     ratio, lam = (dict(series.get(k) or []) for k in ('let/grad_ratio', 'let/lambda'))
-    steps = [s for s, v in lam.items() if v > 0 and s in ratio and math.isfinite(ratio[s])]
+    steps = [
+        s
+        for s, v in lam.items()
+        if v > 0 and s in ratio and math.isfinite(ratio[s]) and (batches is None or int(s) in batches)
+    ]
     return sum(ratio[s] for s in steps) / sum(lam[s] for s in steps) if steps else None
 
 

@@ -13,7 +13,8 @@ and over the active phase as the runs logged it (``analysis.active_pull_per_lamb
 
     python bench/strength_verdict.py bench/reported/strength --out bench/reported/strength/verdict
 
-writes ``verdict.md`` (the table and the verdict) and ``verdict.png`` (speedup vs grid point, one line per pull).
+writes ``verdict.md`` (the table, the verdict, and the pull per λ by window of 25 batches of the active phase)
+and ``verdict.png`` (speedup vs grid point, one line per pull).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ LAMBDA0_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 RATIO_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
 MIN_SEEDS = 2
 MIN_PULL_SPAN = 8.0  # issue 29: the weakest and strongest pull per λ at least this far apart
+PULL_WINDOW = 25  # batches per window of the active phase in which pull per λ is also reported
 
 
 def grid_step(value: float, grid: tuple[float, ...]) -> int:
@@ -74,6 +76,24 @@ def best_point(points: dict[float, dict[str, Any]]) -> float | None:
     return min(helping, key=lambda v: points[v]['final_loss']) if len(points) > 1 and helping else None
 
 
+def pull_by_window(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Pull per λ in consecutive windows of PULL_WINDOW batches of the active phase (``'1-25'`` -> the median
+    over LET runs): whether a weak pull on batch 1 stays weak while the guidance acts."""
+    last = max((int(s) for run in runs for s, v in run['series'].get('let/lambda', []) if v > 0), default=0)
+    out = {}
+    for start in range(1, last + 1, PULL_WINDOW):
+        window = range(start, min(start + PULL_WINDOW, last + 1))
+        values = [p for run in runs if (p := active_pull_per_lambda(run['series'], window)) is not None]
+        if values:
+            out[f'{window.start}-{window.stop - 1}'] = statistics.median(values)
+    return out
+
+
+def compared(row: dict[str, Any], knob: str) -> bool:
+    """Whether an experiment compared ≥ 2 arms of a knob (each with enough seeds)."""
+    return len(row[knob]) > 1
+
+
 def study(folder: Path, pulls: dict[str, float]) -> list[dict[str, Any]]:
     """One row per experiment in ``folder`` that has a pull per λ: its best point of each knob."""
     rows = []
@@ -93,14 +113,13 @@ def study(folder: Path, pulls: dict[str, float]) -> list[dict[str, Any]]:
                 'name': name,
                 'pull_per_lambda': pull,
                 'active_pull_per_lambda': statistics.median(active) if active else None,
+                'pull_per_lambda_by_window': pull_by_window(result['runs']),
                 'baseline_final': baseline.get('mean'),
                 'baseline_seeds': baseline.get('n'),
                 'lambda0': absolute,
                 'grad_ratio': relative,
                 'best_lambda0': best_point(absolute),
                 'best_grad_ratio': best_point(relative),
-                'compared_lambda0': len(absolute) > 1,
-                'compared_grad_ratio': len(relative) > 1,
             }
         )
     return sorted(rows, key=lambda r: -r['pull_per_lambda'])
@@ -121,7 +140,7 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         fails[knob] = [
             r['name']
             for r in rows
-            if r.get(f'compared_{knob}') and r[f'best_{knob}'] is None and r[f'best_{other}'] is not None
+            if compared(r, knob) and r[f'best_{knob}'] is None and r[f'best_{other}'] is not None
         ]
     # The range the verdict rests on: the experiments where either knob has a best point.
     ranked = [r for r in rows if r['best_lambda0'] is not None or r['best_grad_ratio'] is not None]
@@ -154,7 +173,7 @@ def markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
     def best(r: dict[str, Any], knob: str) -> str:
         if r[f'best_{knob}'] is not None:
             return f'{r[f"best_{knob}"]:g}'
-        return 'none helped' if r[f'compared_{knob}'] else '—'
+        return 'none helped' if compared(r, knob) else '—'
 
     lambdas = sorted({v for r in rows for v in r['lambda0']})
     ratios = sorted({v for r in rows for v in r['grad_ratio']})
@@ -190,6 +209,16 @@ def markdown(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
         f'Where a knob had ≥ 2 arms and none helped while the other knob helped: λ0 {fails_text["lambda0"]}; '
         f'grad_ratio {fails_text["grad_ratio"]} (such a knob does not carry). **Verdict: {result["carries"]}.**',
     ]
+    windows = list(dict.fromkeys(w for r in rows for w in r['pull_per_lambda_by_window']))
+    if windows:
+        lines += ['', f'Pull per λ by window of {PULL_WINDOW} batches of the active phase (median over LET runs):', '']
+        lines += [
+            '| experiment | ' + ' | '.join(f'batches {w}' for w in windows) + ' |',
+            '|' + ' --- |' * (1 + len(windows)),
+        ]
+        for r in rows:
+            by = r['pull_per_lambda_by_window']
+            lines.append(f'| {r["name"]} | ' + ' | '.join(f'{by[w]:.3g}' if w in by else '—' for w in windows) + ' |')
     return '\n'.join(lines) + '\n'
 
 

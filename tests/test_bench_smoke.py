@@ -306,8 +306,9 @@ def test_strength_verdict_names_the_knob_that_stays_put() -> None:
             'active_pull_per_lambda': active or pull,
             'best_lambda0': best_lambda0,
             'best_grad_ratio': best_ratio,
-            'compared_lambda0': compared,
-            'compared_grad_ratio': compared,
+            # Two arms of each knob compared (their contents do not enter the verdict), or none.
+            'lambda0': {v: {} for v in ((1.0, 3.0) if compared else ())},
+            'grad_ratio': {v: {} for v in ((1.0, 3.0) if compared else ())},
         }
 
     moving_lambda = [row(1.0, 1.0, 3.0), row(0.3, 3.0, 3.0), row(0.1, 10.0, 1.0)]
@@ -325,6 +326,19 @@ def test_strength_verdict_names_the_knob_that_stays_put() -> None:
     series = {'let/grad_ratio': [[1, 2.0], [2, 4.0], [3, 9.0]], 'let/lambda': [[1, 1.0], [2, 2.0], [3, 0.0]]}
     assert _bench('analysis').active_pull_per_lambda(series) == pytest.approx(2.0)
     assert _bench('analysis').active_pull_per_lambda({}) is None
+    assert _bench('analysis').active_pull_per_lambda(series, range(2, 3)) == pytest.approx(2.0)  # batch 2 only
+    # By window of the active phase, median over runs: batches 1-25 and 26-30 (λ = 0 after batch 30).
+    runs = [
+        {
+            'series': {
+                'let/lambda': [[b, 1.0 if b <= 30 else 0.0] for b in range(1, 41)],
+                'let/grad_ratio': [[b, k * (0.1 if b <= 25 else 1.0)] for b in range(1, 41)],
+            }
+        }
+        for k in (1.0, 2.0, 3.0)
+    ]
+    windows = strength_verdict.pull_by_window(runs)
+    assert windows == {'1-25': pytest.approx(0.2), '26-30': pytest.approx(2.0)}
     assert verdict(recovered)['carries'] == 'neither'
     # The same, except that no grad_ratio helped at the weakest pull while λ0 = 10 did: grad_ratio does not carry.
     ratio_fails = [row(1.0, 1.0, 3.0), row(0.3, 3.0, 3.0), row(0.2, 3.0, 3.0), row(0.1, 10.0, None)]
