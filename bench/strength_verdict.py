@@ -76,6 +76,13 @@ def best_point(points: dict[float, dict[str, Any]]) -> float | None:
     return min(helping, key=lambda v: points[v]['final_loss']) if len(points) > 1 and helping else None
 
 
+def median_pull(runs: list[dict[str, Any]], batches: range | None = None) -> float | None:
+    """Median over LET runs of ``analysis.active_pull_per_lambda`` (over ``batches`` if given); None without LET
+    runs."""
+    values = [p for run in runs if (p := active_pull_per_lambda(run['series'], batches)) is not None]
+    return statistics.median(values) if values else None
+
+
 def pull_by_window(runs: list[dict[str, Any]]) -> dict[str, float]:
     """Pull per λ in consecutive windows of PULL_WINDOW batches of the active phase (``'1-25'`` -> the median
     over LET runs): whether a weak pull on batch 1 stays weak while the guidance acts."""
@@ -83,9 +90,8 @@ def pull_by_window(runs: list[dict[str, Any]]) -> dict[str, float]:
     out = {}
     for start in range(1, last + 1, PULL_WINDOW):
         window = range(start, min(start + PULL_WINDOW, last + 1))
-        values = [p for run in runs if (p := active_pull_per_lambda(run['series'], window)) is not None]
-        if values:
-            out[f'{window.start}-{window.stop - 1}'] = statistics.median(values)
+        if (pull := median_pull(runs, window)) is not None:
+            out[f'{window.start}-{window.stop - 1}'] = pull
     return out
 
 
@@ -104,7 +110,6 @@ def study(folder: Path, pulls: dict[str, float]) -> list[dict[str, Any]]:
         if pull is None or 'cross-tokenizer' in name:
             continue
         summary = result['summary']
-        active = [p for run in result['runs'] if (p := active_pull_per_lambda(run['series'])) is not None]
         absolute = knob_points(summary, result.get('lambda0_sweep', {}))
         relative = knob_points(summary, result.get('grad_ratio_sweep', {}))
         baseline = summary.get('baseline', {}).get('final_loss', {})
@@ -112,7 +117,7 @@ def study(folder: Path, pulls: dict[str, float]) -> list[dict[str, Any]]:
             {
                 'name': name,
                 'pull_per_lambda': pull,
-                'active_pull_per_lambda': statistics.median(active) if active else None,
+                'active_pull_per_lambda': median_pull(result['runs']),
                 'pull_per_lambda_by_window': pull_by_window(result['runs']),
                 'baseline_final': baseline.get('mean'),
                 'baseline_seeds': baseline.get('n'),
