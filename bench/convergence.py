@@ -12,7 +12,8 @@
    loss (mean ± std over seeds, and whether the gap to the baseline is within seed noise); the step
    at which each run passes its teacher's eval loss; LET's diagnostics per batch (λ, cosine, gradient
    ratio and cosine, teacher and student CE). Runs are cached by their exact settings, so a sweep
-   resumes where it stopped and regimes with equal targets share their baselines.
+   resumes where it stopped and regimes with equal targets share their baselines. A run killed mid-way
+   (a session's end) resumes from its last eval's checkpoint when the command is run again (``resume``).
 
 Regimes (``--regime``):
     teacher-ahead  late-phase teacher, short target run: the target never reaches the teacher
@@ -40,6 +41,7 @@ import math
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import resume
 from analysis import summarise
 from common import (
     BENCH_YAMLS,
@@ -232,10 +235,12 @@ def train_run(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(job.get('threads', 1))
     ScaleEmbedding.register()
+    resume.register()
     load_start = os.getloadavg()
     t0 = time.time()
     progress = ['log_to_console=true', 'console_log_interval=50ba']  # progress lines in the run's log; no effect on it
-    trainer = train_from_yaml(str(YAML), [*job['args'], *progress])
+    checkpoints = resume.checkpoint_args(Path(job['checkpoints'])) if 'checkpoints' in job else []
+    trainer = train_from_yaml(str(YAML), [*job['args'], *progress, *checkpoints])
     wall = time.time() - t0
     series = logged(trainer)
     curve = [{'step': s, 'loss': v} for s, v in series.pop(EVAL_KEY)]
@@ -247,6 +252,9 @@ def train_run(job: dict[str, Any]) -> dict[str, Any]:
         'wall_s': wall,
         'loadavg_start_end': [list(load_start), list(os.getloadavg())],
     }
+    resumed_at = next(d for d in trainer.logger.destinations if isinstance(d, resume.CheckpointedLog)).resumed_at
+    if resumed_at:  # wall_s is then the last process's time only
+        record['resumed_at_batch'] = resumed_at
     if job.get('save'):
         trainer.state.model.model.save_pretrained(job['save'])
         trainer.state.model.tokenizer.save_pretrained(job['save'])
@@ -255,13 +263,18 @@ def train_run(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def in_subprocess(job: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Run ``job`` in a fresh Python process (Composer keeps every Trainer alive until exit) and read its JSON."""
+    """Run ``job`` in a fresh Python process (Composer keeps every Trainer alive until exit) and read its JSON.
+
+    The run checkpoints into ``<out>.ckpt`` at each eval and resumes from there if a killed process left
+    one (``resume``), appending to its log. The checkpoint is deleted once the run is done.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     spec = out.with_suffix('.job.json')
-    write_json(spec, job)
+    checkpoints = out.with_suffix('.ckpt')
+    write_json(spec, {**job, 'checkpoints': str(checkpoints)})
     env = {**os.environ, 'OMP_NUM_THREADS': str(job.get('threads', 1)), 'HF_HUB_OFFLINE': '1'}
     log = out.with_suffix('.log')
-    with log.open('w') as f:
+    with log.open('a') as f:
         done = subprocess.run(
             [sys.executable, __file__, '--run-job', str(spec), str(out)],
             stdout=f,
@@ -272,6 +285,7 @@ def in_subprocess(job: dict[str, Any], out: Path) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f'convergence: run {out.name} failed (exit {done.returncode}); see {log}')
     spec.unlink()
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return json.loads(out.read_text())
 
 
@@ -494,8 +508,12 @@ def cached_run(arm: dict, seed: int, plan: dict, teacher: dict, path: Path) -> d
         finally:
             path.with_suffix('.lock').unlink(missing_ok=True)
     while not path.exists():  # another invocation is running it (regimes share their baselines)
-        if not path.with_suffix('.lock').exists():
-            raise RuntimeError(f'convergence: {path.name} was claimed by another invocation that failed.')
+        lock = path.with_suffix('.lock')
+        if not lock.exists() or not lock_holder_alive(lock):
+            raise RuntimeError(
+                f'convergence: {path.name} was claimed by another invocation that failed or was killed; run the '
+                'command again to resume it from its last checkpoint.'
+            )
         time.sleep(10)
     return json.loads(path.read_text())
 
@@ -557,12 +575,41 @@ def import_reported(report_file: Path, cache: Path, runs_dir: Path) -> int:
 
 
 def claim(path: Path) -> bool:
-    """Take the run at ``path`` for this invocation (False: another invocation holds it)."""
+    """Take the run at ``path`` for this invocation (False: a live invocation holds it).
+
+    The lock holds the claimer's process id: a lock left by a killed invocation is taken over, and its run
+    resumes from its last checkpoint (``in_subprocess``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_suffix('.lock')
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if lock_holder_alive(lock):
+                return False
+            lock.unlink(missing_ok=True)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def lock_holder_alive(lock: Path) -> bool:
+    """Whether the process that wrote ``lock`` still runs (a lock without a process id counts as alive)."""
     try:
-        os.close(os.open(path.with_suffix('.lock'), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
+        pid = int(lock.read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return True
+    if not pid:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        return True
     return True
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -87,6 +88,15 @@ def test_within_noise_needs_a_consistent_gap() -> None:
     assert analysis.within_noise([0.1])  # one seed says nothing
     assert not analysis.within_noise([-0.10, -0.12, -0.11])  # every seed, far beyond its spread
     assert analysis.within_noise([-0.01, -0.30, -0.02])  # same sign, but the spread swallows the mean
+
+
+def test_a_killed_invocations_lock_is_taken_over(tmp_path: Path) -> None:
+    convergence = _bench('convergence')
+    run = tmp_path / 'run.json'
+    assert convergence.claim(run) and not convergence.claim(run)  # held by this process, which lives
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, check=True)
+    run.with_suffix('.lock').write_text(dead.stdout.decode().strip())
+    assert convergence.claim(run) and run.with_suffix('.lock').read_text() == str(os.getpid())
 
 
 def test_arm_specs_name_sweeps_and_fold_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,6 +249,22 @@ def test_convergence_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert (tmp_path / 'smoke' / 'convergence.png').stat().st_size > 10_000
     again = convergence.main(argv)  # everything cached: same numbers, no training
     assert again['runs'] == result['runs'] and again['teacher'] == result['teacher']
+
+    # A run killed after its first checkpoint resumes from it in the next process and reports what the
+    # uninterrupted run did: the eval curve and every batch's series (bench/resume.py).
+    plan = convergence.make_plan(None, tmp_path / 'cache', smoke=True)  # cached: no training
+    job = convergence.target_job(convergence.parse_arm('let'), 1, plan, plan['teacher'])
+    out, first = tmp_path / 'killed' / 'let.tmp.json', convergence.SMOKE['run']['eval_interval']
+    with pytest.raises(RuntimeError, match='exit 75'):
+        convergence.in_subprocess({**job, 'args': [*job['args'], f'callbacks.bench_exit_at.batch={first}']}, out)
+    assert sorted(p.name for p in out.with_suffix('.ckpt').glob('*.pt')) == [
+        f'ep0-ba{first}-rank0.pt',
+        'latest-rank0.pt',
+    ]
+    resumed = convergence.in_subprocess(job, out)
+    assert resumed['resumed_at_batch'] == [first]
+    assert resumed['eval_curve'] == runs['let']['eval_curve'] and resumed['series'] == runs['let']['series']
+    assert not out.with_suffix('.ckpt').exists()  # deleted once the run is done
 
     # A reported summary (its relative paths) seeds another machine's run cache (same teacher and plan), and
     # nothing else does.
