@@ -130,7 +130,7 @@ def study(folder: Path, pulls: dict[str, float]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -r['pull_per_lambda'])
 
 
-def spread(values: list[float | None]) -> float | None:
+def fold_range(values: list[float | None]) -> float | None:
     """Largest over smallest of the known values; None if any is unknown or there are none."""
     return max(values) / min(values) if values and None not in values else None
 
@@ -149,7 +149,7 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         ]
     # The range the verdict rests on: the experiments where either knob has a best point.
     ranked = [r for r in rows if r['best_lambda0'] is not None or r['best_grad_ratio'] is not None]
-    span, active_span = (spread([r.get(k) for r in ranked]) for k in ('pull_per_lambda', 'active_pull_per_lambda'))
+    span, active_span = (fold_range([r.get(k) for r in ranked]) for k in ('pull_per_lambda', 'active_pull_per_lambda'))
     carries = [
         k
         for k, other in (('lambda0', 'grad_ratio'), ('grad_ratio', 'lambda0'))
