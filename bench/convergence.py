@@ -271,6 +271,7 @@ def in_subprocess(job: dict[str, Any], out: Path) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     spec = out.with_suffix('.job.json')
     checkpoints = out.with_suffix('.ckpt')
+    resume.drop_unfinished(checkpoints)
     write_json(spec, {**job, 'checkpoints': str(checkpoints)})
     env = {**os.environ, 'OMP_NUM_THREADS': str(job.get('threads', 1)), 'HF_HUB_OFFLINE': '1'}
     log = out.with_suffix('.log')

@@ -77,6 +77,21 @@ def checkpoint_args(folder: Path) -> list[str]:
     ]
 
 
+def drop_unfinished(folder: Path) -> None:
+    """Delete every checkpoint in ``folder`` but the one ``latest-rank0.pt`` points to (all if none does).
+
+    Composer moves that link only once a checkpoint is written, so any other file is one a killed process was
+    writing, and Composer refuses to resume beside a checkpoint later than the one it loads.
+    """
+    latest = folder / 'latest-rank0.pt'
+    keep = latest.resolve() if latest.is_symlink() and latest.exists() else None
+    for path in folder.glob('*.pt'):
+        if path != latest and path.resolve() != keep:
+            path.unlink()
+    if keep is None:
+        latest.unlink(missing_ok=True)
+
+
 def register() -> None:
     """Make ``loggers: {bench_inmemory: {}}`` and ``callbacks: {bench_exit_at: ...}`` buildable by llm-foundry."""
     from llmfoundry.registry import callbacks, loggers

@@ -261,6 +261,7 @@ def test_convergence_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         f'ep0-ba{first}-rank0.pt',
         'latest-rank0.pt',
     ]
+    (out.with_suffix('.ckpt') / f'ep0-ba{2 * first}-rank0.pt').write_bytes(b'cut short by a kill')  # no link to it
     resumed = convergence.in_subprocess(job, out)
     assert resumed['resumed_at_batch'] == [first]
     assert resumed['eval_curve'] == runs['let']['eval_curve'] and resumed['series'] == runs['let']['series']
