@@ -80,8 +80,9 @@ def checkpoint_args(folder: Path) -> list[str]:
 def drop_unfinished(folder: Path) -> None:
     """Delete every checkpoint in ``folder`` but the one ``latest-rank0.pt`` points to (all if none does).
 
-    Composer moves that link only once a checkpoint is written, so any other file is one a killed process was
-    writing, and Composer refuses to resume beside a checkpoint later than the one it loads.
+    Composer moves that link only once a checkpoint is written, so any other file is older (a process keeps
+    only its own checkpoints rotated) or one a killed process was writing, and Composer refuses to resume
+    beside a checkpoint later than the one it loads.
     """
     latest = folder / 'latest-rank0.pt'
     keep = latest.resolve() if latest.is_symlink() and latest.exists() else None
