@@ -216,11 +216,8 @@ def yaml_args(size: dict, run: dict, plan: dict, init: str, seed: int, name: str
     ]
 
 
-def logged(trainer: Any) -> dict[str, list[list[float]]]:
+def logged(logger: resume.CheckpointedLog) -> dict[str, list[list[float]]]:
     """Every logged value of ``SERIES_KEYS`` and the eval loss, as ``[[step, value], ...]``."""
-    from composer.loggers import InMemoryLogger
-
-    logger = next(d for d in trainer.logger.destinations if isinstance(d, InMemoryLogger))
     out = {}
     for key in (*SERIES_KEYS, EVAL_KEY):
         values = logger.data.get(key, [])
@@ -239,10 +236,11 @@ def train_run(job: dict[str, Any]) -> dict[str, Any]:
     load_start = os.getloadavg()
     t0 = time.time()
     progress = ['log_to_console=true', 'console_log_interval=50ba']  # progress lines in the run's log; no effect on it
-    checkpoints = resume.checkpoint_args(Path(job['checkpoints'])) if 'checkpoints' in job else []
+    checkpoints = resume.checkpoint_args(Path(job['checkpoints']))  # in_subprocess names the folder
     trainer = train_from_yaml(str(YAML), [*job['args'], *progress, *checkpoints])
     wall = time.time() - t0
-    series = logged(trainer)
+    log = next(d for d in trainer.logger.destinations if isinstance(d, resume.CheckpointedLog))
+    series = logged(log)
     curve = [{'step': s, 'loss': v} for s, v in series.pop(EVAL_KEY)]
     record = {
         'eval_curve': curve,
@@ -252,9 +250,8 @@ def train_run(job: dict[str, Any]) -> dict[str, Any]:
         'wall_s': wall,
         'loadavg_start_end': [list(load_start), list(os.getloadavg())],
     }
-    resumed_at = next(d for d in trainer.logger.destinations if isinstance(d, resume.CheckpointedLog)).resumed_at
-    if resumed_at:  # wall_s is then the last process's time only
-        record['resumed_at_batch'] = resumed_at
+    if log.resumed_at:  # wall_s is then the last process's time only
+        record['resumed_at_batch'] = log.resumed_at
     if job.get('save'):
         trainer.state.model.model.save_pretrained(job['save'])
         trainer.state.model.tokenizer.save_pretrained(job['save'])
