@@ -62,9 +62,9 @@ def series_mean(series: list[list[float]] | None, start: int = 0, end: int | Non
 
 def pull_per_lambda(series: dict[str, list[list[float]]]) -> float | None:
     """``let/grad_ratio / let/lambda`` on batch 1: the alignment's pull per unit of λ, relative to the CE,
-    at the hooked block of the untrained target (what one λ0 means at its width); None without LET's logs."""
-    ratio, lam = (dict(series.get(k) or []) for k in ('let/grad_ratio', 'let/lambda'))
-    return ratio[1] / lam[1] if ratio.get(1) is not None and lam.get(1) else None
+    at the hooked block of the untrained target (what one λ0 means at its width); None without LET's logs or
+    a finite batch-1 ratio (``active_pull_per_lambda`` over batch 1 alone)."""
+    return active_pull_per_lambda(series, range(1, 2))
 
 
 def active_pull_per_lambda(series: dict[str, list[list[float]]], batches: range | None = None) -> float | None:

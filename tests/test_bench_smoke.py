@@ -354,6 +354,9 @@ def test_strength_verdict_names_the_knob_that_stays_put() -> None:
     assert _bench('analysis').active_pull_per_lambda(series) == pytest.approx(2.0)
     assert _bench('analysis').active_pull_per_lambda({}) is None
     assert _bench('analysis').active_pull_per_lambda(series, range(2, 3)) == pytest.approx(2.0)  # batch 2 only
+    assert _bench('analysis').pull_per_lambda(series) == pytest.approx(2.0)  # batch 1's
+    inf_first = {**series, 'let/grad_ratio': [[1, float('inf')], [2, 4.0]]}
+    assert _bench('analysis').pull_per_lambda(inf_first) is None  # as active_pull_per_lambda drops it
     # By window of the active phase, median over runs: batches 1-25 and 26-30 (λ = 0 after batch 30).
     runs = [
         {
