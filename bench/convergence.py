@@ -575,7 +575,7 @@ def import_reported(report_file: Path, cache: Path, runs_dir: Path) -> int:
 def claim(path: Path) -> bool:
     """Take the run at ``path`` for this invocation (False: a live invocation holds it).
 
-    The lock holds the claimer's process id: a lock left by a killed invocation is taken over, and its run
+    The lock holds the claimer's ``process_identity``: a lock left by a killed invocation is taken over, and its run
     resumes from its last checkpoint (``in_subprocess``).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -588,16 +588,28 @@ def claim(path: Path) -> bool:
                 return False
             lock.unlink(missing_ok=True)
             continue
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, process_identity(os.getpid()).encode())
         os.close(fd)
         return True
     return False
 
 
-def lock_holder_alive(lock: Path) -> bool:
-    """Whether the process that wrote ``lock`` still runs (a lock without a process id counts as alive)."""
+def process_identity(pid: int) -> str:
+    """``'<pid> <start time>'`` (the start time from ``/proc``, in clock ticks since boot; ``'<pid>'`` where there
+    is no ``/proc``): a pid reused by another process, e.g. after a reboot, does not match it."""
     try:
-        pid = int(lock.read_text() or 0)
+        start = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]
+    except (OSError, IndexError):
+        return str(pid)
+    return f'{pid} {start}'
+
+
+def lock_holder_alive(lock: Path) -> bool:
+    """Whether the process that wrote ``lock`` still runs: its pid is alive and, where the lock holds one, it
+    started when the claimer did (a lock without a process id counts as alive)."""
+    try:
+        held = lock.read_text().split()
+        pid = int(held[0]) if held else 0
     except (FileNotFoundError, ValueError):
         return True
     if not pid:
@@ -608,7 +620,7 @@ def lock_holder_alive(lock: Path) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return len(held) < 2 or process_identity(pid) == ' '.join(held[:2])
 
 
 def target_job(arm: dict, seed: int, plan: dict, teacher: dict) -> dict[str, Any]:
