@@ -605,8 +605,8 @@ def process_identity(pid: int) -> str:
 
 
 def lock_holder_alive(lock: Path) -> bool:
-    """Whether the process that wrote ``lock`` still runs: its pid is alive and, where the lock holds one, it
-    started when the claimer did (a lock without a process id counts as alive)."""
+    """Whether the process that wrote ``lock`` still runs: its pid is alive and, where the lock holds a start
+    time, started then (a lock without a process id counts as alive)."""
     try:
         held = lock.read_text().split()
         pid = int(held[0]) if held else 0

@@ -97,7 +97,7 @@ def test_a_killed_invocations_lock_is_taken_over(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, check=True)
     run.with_suffix('.lock').write_text(dead.stdout.decode().strip())
     assert convergence.claim(run) and run.with_suffix('.lock').read_text() == convergence.process_identity(os.getpid())
-    # A live pid that started later than the claimer (a pid reused, e.g. after a reboot) does not hold the lock.
+    # A live pid whose start time is not the lock's (the pid reused, e.g. after a reboot) does not hold it.
     pid, start = convergence.process_identity(os.getpid()).split()
     run.with_suffix('.lock').write_text(f'{pid} {int(start) - 1}')
     assert convergence.claim(run)
